@@ -1,0 +1,218 @@
+//! Grouped-query attention computed in query chunks.
+//!
+//! Scores are formed for at most [`AttentionOptions::max_score_elements`] entries at a time, so a
+//! long prefill never holds an `n × n` matrix: memory is `O(chunk · n)`, not `O(n²)`. Masking is
+//! by absolute position (a query at position `p` sees keys at positions `≤ p`, optionally within
+//! a sliding window), which stays correct after a press has dropped or reordered cache entries.
+
+use burn::tensor::{Tensor, TensorData, activation::softmax, backend::Backend};
+
+use crate::error::{CoreError, Result};
+
+/// Options of [`chunked_attention`].
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionOptions {
+    /// Multiplier of `q·k` (usually `1/√d`).
+    pub scale: f32,
+    /// Mistral-style window: a query sees only the last `w` positions (itself included).
+    pub sliding_window: Option<usize>,
+    /// Upper bound on score elements (`b · h · rows · keys`) per chunk.
+    pub max_score_elements: usize,
+}
+
+impl AttentionOptions {
+    /// Default chunking (16 Mi score elements, 64 MiB in f32) with the given scale.
+    pub fn new(scale: f32) -> Self {
+        Self {
+            scale,
+            sliding_window: None,
+            max_score_elements: 1 << 24,
+        }
+    }
+}
+
+/// Causal grouped-query attention.
+///
+/// Query head `h` reads KV head `h / g` with `g = h_q / h_kv` (the HF `repeat_kv` layout).
+///
+/// # Shapes
+/// - `q`: `[b, h_q, s, d]` (RoPE applied), `q_positions`: `s`
+/// - `k`, `v`: `[b, h_kv, n, d]`, `k_positions`: `n`
+/// - returns `[b, h_q, s, d]`
+pub fn chunked_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    q_positions: &[usize],
+    k_positions: &[usize],
+    options: &AttentionOptions,
+) -> Result<Tensor<B, 4>> {
+    let [b, h, s, d] = q.dims();
+    let [kb, h_kv, n, kd] = k.dims();
+    if kb != b || kd != d || v.dims() != k.dims() || h_kv == 0 || h % h_kv != 0 {
+        return Err(CoreError::Shape {
+            context: "chunked_attention",
+            detail: format!("q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims()),
+        });
+    }
+    if q_positions.len() != s || k_positions.len() != n {
+        return Err(CoreError::Shape {
+            context: "chunked_attention",
+            detail: format!(
+                "{} query positions for {s} queries, {} key positions for {n} keys",
+                q_positions.len(),
+                k_positions.len()
+            ),
+        });
+    }
+    let g = h / h_kv;
+    let keys_sorted = k_positions.windows(2).all(|w| w[0] <= w[1]);
+    let chunk = (options.max_score_elements / (b * h * n.max(1))).clamp(1, s.max(1));
+    let device = q.device();
+    let mut outputs = Vec::with_capacity(s.div_ceil(chunk));
+    let mut start = 0;
+    while start < s {
+        let len = chunk.min(s - start);
+        let rows = &q_positions[start..start + len];
+        let last = rows.iter().copied().max().unwrap_or(0);
+        let first = rows.iter().copied().min().unwrap_or(0);
+        // With sorted keys, keys after the chunk's last position are invisible to every row.
+        let visible = if keys_sorted {
+            k_positions.partition_point(|&p| p <= last)
+        } else {
+            n
+        };
+        let qc = q
+            .clone()
+            .narrow(2, start, len)
+            .reshape([b, h_kv, g * len, d]);
+        let (kc, vc) = if visible == n {
+            (k.clone(), v.clone())
+        } else {
+            (
+                k.clone().narrow(2, 0, visible),
+                v.clone().narrow(2, 0, visible),
+            )
+        };
+        let mut scores = qc.matmul(kc.swap_dims(2, 3)).mul_scalar(options.scale);
+        let needs_mask = k_positions[..visible].iter().any(|&p| p > first)
+            || options
+                .sliding_window
+                .is_some_and(|w| k_positions[..visible].iter().any(|&p| p + w <= last));
+        if needs_mask {
+            let bias = mask_bias(rows, &k_positions[..visible], options.sliding_window, g);
+            let bias =
+                Tensor::<B, 2>::from_data(TensorData::new(bias, [g * len, visible]), &device)
+                    .reshape([1, 1, g * len, visible]);
+            scores = scores + bias;
+        }
+        let probs = softmax(scores, 3);
+        outputs.push(probs.matmul(vc).reshape([b, h, len, d]));
+        start += len;
+    }
+    Ok(if outputs.len() == 1 {
+        outputs.remove(0)
+    } else {
+        Tensor::cat(outputs, 2)
+    })
+}
+
+/// Additive mask (`0` visible, `-inf` hidden) of `[g · rows, keys]`, the rows block repeated for
+/// each query head of a group.
+fn mask_bias(rows: &[usize], keys: &[usize], window: Option<usize>, g: usize) -> Vec<f32> {
+    let mut block = Vec::with_capacity(rows.len() * keys.len());
+    for &qp in rows {
+        block.extend(keys.iter().map(|&kp| {
+            let in_window = window.is_none_or(|w| kp + w > qp);
+            if kp <= qp && in_window {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        }));
+    }
+    let mut out = Vec::with_capacity(block.len() * g);
+    for _ in 0..g {
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    type B = Flex;
+
+    /// Reference: every query head on its own, explicit repeat of KV heads, full mask.
+    fn naive(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
+        let [b, h, s, d] = q.dims();
+        let [_, h_kv, n, _] = k.dims();
+        let g = h / h_kv;
+        let k = k
+            .unsqueeze_dim::<5>(2)
+            .expand([b, h_kv, g, n, d])
+            .reshape([b, h, n, d]);
+        let v = v
+            .unsqueeze_dim::<5>(2)
+            .expand([b, h_kv, g, n, d])
+            .reshape([b, h, n, d]);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let past = n - s;
+        let mut bias = vec![0f32; s * n];
+        for i in 0..s {
+            for j in (past + i + 1)..n {
+                bias[i * n + j] = f32::NEG_INFINITY;
+            }
+        }
+        let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [s, n]), &scores.device());
+        let scores = scores + bias.reshape([1, 1, s, n]);
+        softmax(scores, 3).matmul(v)
+    }
+
+    #[test]
+    fn chunked_equals_naive_with_past() {
+        let dev = Default::default();
+        let (b, h, h_kv, s, past, d) = (1, 6, 2, 13, 4, 8);
+        let n = past + s;
+        let q = Tensor::<B, 4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<B, 4>::random([b, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<B, 4>::random([b, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let qp: Vec<usize> = (past..n).collect();
+        let kp: Vec<usize> = (0..n).collect();
+        let want = naive(q.clone(), k.clone(), v.clone(), 0.3);
+        for max in [1usize, 250, 400, 1 << 20] {
+            let mut opts = AttentionOptions::new(0.3);
+            opts.max_score_elements = max;
+            let got =
+                chunked_attention(q.clone(), k.clone(), v.clone(), &qp, &kp, &opts).expect("ok");
+            let diff = (got - want.clone()).abs().max().into_scalar();
+            assert!(diff < 1e-5, "max_score_elements={max}: diff {diff}");
+        }
+    }
+
+    #[test]
+    fn sliding_window_hides_old_keys() {
+        let bias = mask_bias(&[5], &[0, 1, 2, 3, 4, 5], Some(3), 1);
+        let visible: Vec<bool> = bias.iter().map(|b| *b == 0.0).collect();
+        assert_eq!(visible, [false, false, false, true, true, true]);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let dev = Default::default();
+        let q = Tensor::<B, 4>::zeros([1, 5, 2, 4], &dev);
+        let k = Tensor::<B, 4>::zeros([1, 2, 2, 4], &dev);
+        let r = chunked_attention(
+            q,
+            k.clone(),
+            k,
+            &[0, 1],
+            &[0, 1],
+            &AttentionOptions::new(1.0),
+        );
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! # kvpress-core
+//!
+//! The pieces every other kvpress-rs crate shares:
+//!
+//! - [`cache`]: the per-layer key/value cache with the original position of every kept entry,
+//!   and [`cache::KvCache::bytes`] reporting what it really holds;
+//! - [`rope`]: rotary position embeddings in the Hugging Face half-split layout, with the
+//!   `linear`, `llama3` and `yarn` scalings;
+//! - [`attention`]: grouped-query attention computed in query chunks, so that no `n × n` score
+//!   matrix is ever materialised;
+//! - [`press`]: the hook through which a press compresses one layer's cache during prefill.
+//!
+//! Everything is generic over a burn [`Backend`](burn::tensor::backend::Backend).
+
+pub mod attention;
+pub mod cache;
+pub mod error;
+pub mod press;
+pub mod rope;
+
+pub use cache::{KvCache, LayerCache};
+pub use error::CoreError;
+pub use press::{LayerInputs, Press};
+pub use rope::{RopeScaling, RotaryEmbedding};

@@ -1,0 +1,295 @@
+//! Rotary position embeddings (RoPE) in the Hugging Face "rotate_half" layout.
+//!
+//! A head vector `x = [x1; x2]` (two halves of `d/2`) at position `p` becomes
+//! `x ⊙ cos(p·θ) + [−x2; x1] ⊙ sin(p·θ)` where `θ = cat(inv_freq, inv_freq)`. The frequencies
+//! follow transformers' `_compute_*_rope_parameters` for the `default`, `linear`, `llama3` and
+//! `yarn` rope types, computed in `f32` the way torch does so that positions in the thousands
+//! rotate identically.
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use crate::error::{CoreError, Result};
+
+/// The `rope_scaling` / `rope_parameters` variants of the Llama family.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE (`rope_type: default`).
+    None,
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear {
+        /// Interpolation factor.
+        factor: f64,
+    },
+    /// Llama 3.1's frequency-dependent interpolation.
+    Llama3 {
+        /// Interpolation factor for low frequencies.
+        factor: f64,
+        /// Wavelength threshold (as a fraction of the original context) below which nothing changes.
+        low_freq_factor: f64,
+        /// Wavelength threshold above which frequencies are fully interpolated.
+        high_freq_factor: f64,
+        /// Context length the model was trained on before scaling.
+        original_max_position_embeddings: f64,
+    },
+    /// YaRN interpolation with attention scaling.
+    Yarn {
+        /// Context extension factor.
+        factor: f64,
+        /// Explicit attention factor (`None`: derived from `factor` / `mscale`).
+        attention_factor: Option<f64>,
+        /// Fast correction boundary (default 32).
+        beta_fast: f64,
+        /// Slow correction boundary (default 1).
+        beta_slow: f64,
+        /// `mscale` of DeepSeek-style configs.
+        mscale: Option<f64>,
+        /// `mscale_all_dim` of DeepSeek-style configs.
+        mscale_all_dim: Option<f64>,
+        /// Context length before extension.
+        original_max_position_embeddings: f64,
+        /// Round the correction range to integers (default true).
+        truncate: bool,
+    },
+}
+
+/// Inverse frequencies and attention scaling of one model; evaluates `cos`/`sin` at any position.
+#[derive(Debug, Clone)]
+pub struct RotaryEmbedding {
+    inv_freq: Vec<f32>,
+    attention_scaling: f32,
+    head_dim: usize,
+}
+
+impl RotaryEmbedding {
+    /// Builds the frequencies for a head dimension `head_dim` (even), base `theta` and a scaling.
+    pub fn new(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Result<Self> {
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(CoreError::Invalid {
+                name: "head_dim",
+                detail: format!("RoPE needs an even, positive head dimension, got {head_dim}"),
+            });
+        }
+        if theta <= 0.0 || !theta.is_finite() {
+            return Err(CoreError::Invalid {
+                name: "rope_theta",
+                detail: format!("must be positive, got {theta}"),
+            });
+        }
+        let half = head_dim / 2;
+        // torch: base ** (arange(0, d, 2).float() / d), in f32; glibc's powf is correctly rounded,
+        // so computing in f64 and rounding once gives the same f32.
+        let exponent = |i: usize| (2 * i) as f32 / head_dim as f32;
+        let pos_freq = |i: usize| (theta.powf(exponent(i) as f64)) as f32;
+        let default: Vec<f32> = (0..half).map(|i| 1.0f32 / pos_freq(i)).collect();
+        let mut attention_scaling = 1.0f32;
+        let inv_freq = match scaling {
+            RopeScaling::None => default,
+            RopeScaling::Linear { factor } => {
+                check_factor(*factor)?;
+                default.iter().map(|f| f / *factor as f32).collect()
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old_len,
+            } => {
+                check_factor(*factor)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(CoreError::Invalid {
+                        name: "rope_scaling",
+                        detail: format!(
+                            "llama3 needs high_freq_factor > low_freq_factor, got {high_freq_factor} <= {low_freq_factor}"
+                        ),
+                    });
+                }
+                let low_wavelen = old_len / low_freq_factor;
+                let high_wavelen = old_len / high_freq_factor;
+                default
+                    .iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f as f64;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / *factor as f32
+                        } else {
+                            let smooth = ((old_len / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor))
+                                as f32;
+                            (1.0 - smooth) * f / *factor as f32 + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+            RopeScaling::Yarn {
+                factor,
+                attention_factor,
+                beta_fast,
+                beta_slow,
+                mscale,
+                mscale_all_dim,
+                original_max_position_embeddings: old_len,
+                truncate,
+            } => {
+                check_factor(*factor)?;
+                let get_mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
+                attention_scaling = match (attention_factor, mscale, mscale_all_dim) {
+                    (Some(a), _, _) => *a,
+                    (None, Some(m), Some(mad)) if *m != 0.0 && *mad != 0.0 => {
+                        get_mscale(*factor, *m) / get_mscale(*factor, *mad)
+                    }
+                    _ => get_mscale(*factor, 1.0),
+                } as f32;
+                let dim = head_dim as f64;
+                let correction_dim = |rotations: f64| {
+                    dim * (old_len / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * theta.ln())
+                };
+                let (mut low, mut high) = (correction_dim(*beta_fast), correction_dim(*beta_slow));
+                if *truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let low = low.max(0.0) as f32;
+                let mut high = high.min(dim - 1.0) as f32;
+                if low == high {
+                    high += 0.001;
+                }
+                (0..half)
+                    .map(|i| {
+                        let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation_factor = 1.0 - ramp;
+                        let pf = pos_freq(i);
+                        let extrapolation = 1.0 / pf;
+                        let interpolation = 1.0 / (*factor as f32 * pf);
+                        interpolation * (1.0 - extrapolation_factor)
+                            + extrapolation * extrapolation_factor
+                    })
+                    .collect()
+            }
+        };
+        Ok(Self {
+            inv_freq,
+            attention_scaling,
+            head_dim,
+        })
+    }
+
+    /// Head dimension the tables are built for.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// The `d/2` inverse frequencies.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// Scale applied to `cos` and `sin` (1 except for YaRN).
+    pub fn attention_scaling(&self) -> f32 {
+        self.attention_scaling
+    }
+
+    /// `cos` and `sin` at the given absolute positions, each `[n, d]` (the halves repeated).
+    pub fn cos_sin<B: Backend>(
+        &self,
+        positions: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let d = self.head_dim;
+        let half = d / 2;
+        let mut cos = vec![0f32; positions.len() * d];
+        let mut sin = vec![0f32; positions.len() * d];
+        for (row, &p) in positions.iter().enumerate() {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                // torch multiplies in f32, then takes cos/sin of the f32 angle.
+                let angle = (p as f32 * f) as f64;
+                let (s, c) = angle.sin_cos();
+                let (c, s) = (
+                    (c as f32) * self.attention_scaling,
+                    (s as f32) * self.attention_scaling,
+                );
+                let base = row * d;
+                cos[base + i] = c;
+                cos[base + half + i] = c;
+                sin[base + i] = s;
+                sin[base + half + i] = s;
+            }
+        }
+        let shape = [positions.len(), d];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+
+    /// Rotates `x` (`[b, h, n, d]`) by `cos`/`sin` (`[n, d]`, from [`Self::cos_sin`]).
+    pub fn apply<B: Backend>(
+        x: Tensor<B, 4>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+    ) -> Tensor<B, 4> {
+        let [_, _, n, d] = x.dims();
+        let half = d / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        let cos = cos.clone().reshape([1, 1, n, d]);
+        let sin = sin.clone().reshape([1, 1, n, d]);
+        x * cos + rotated * sin
+    }
+}
+
+fn check_factor(factor: f64) -> Result<()> {
+    if factor.is_finite() && factor > 0.0 {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid {
+            name: "rope_scaling.factor",
+            detail: format!("must be positive, got {factor}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_frequencies_follow_the_formula() {
+        let rope = RotaryEmbedding::new(8, 10000.0, &RopeScaling::None).expect("valid");
+        let expected = [1.0, 0.1, 0.01, 0.001];
+        for (got, want) in rope.inv_freq().iter().zip(expected) {
+            assert!((got - want).abs() < 1e-7, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn llama3_keeps_high_and_scales_low_frequencies() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        let plain = RotaryEmbedding::new(128, 500000.0, &RopeScaling::None).expect("valid");
+        let scaled = RotaryEmbedding::new(128, 500000.0, &scaling).expect("valid");
+        // wavelength 2π/f: the first frequency (wavelength 6.28 < 2048) is untouched,
+        // the last (wavelength ~2.6M > 8192) is divided by 8.
+        assert_eq!(plain.inv_freq()[0], scaled.inv_freq()[0]);
+        let last = plain.inv_freq().len() - 1;
+        assert!((plain.inv_freq()[last] / 8.0 - scaled.inv_freq()[last]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rejects_odd_head_dim() {
+        assert!(RotaryEmbedding::new(7, 10000.0, &RopeScaling::None).is_err());
+    }
+}
