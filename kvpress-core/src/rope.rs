@@ -63,7 +63,7 @@ pub struct RotaryEmbedding {
 impl RotaryEmbedding {
     /// Builds the frequencies for a head dimension `head_dim` (even), base `theta` and a scaling.
     pub fn new(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(CoreError::Invalid {
                 name: "head_dim",
                 detail: format!("RoPE needs an even, positive head dimension, got {head_dim}"),

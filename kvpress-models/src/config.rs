@@ -135,20 +135,20 @@ impl LlamaConfig {
             }
         }
         let kv = self.num_kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(ModelError::config(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({kv})",
                 self.num_attention_heads
             )));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::config(format!(
                 "hidden_size ({}) is not divisible by num_attention_heads ({}) and no head_dim is given",
                 self.hidden_size, self.num_attention_heads
             )));
         }
         let d = self.head_dim();
-        if d == 0 || d % 2 != 0 {
+        if d == 0 || !d.is_multiple_of(2) {
             return Err(ModelError::config(format!(
                 "head_dim must be even and positive, got {d}"
             )));

@@ -655,7 +655,7 @@ fn unpermute_rows(t: &HostTensor, n_head: usize) -> std::result::Result<HostTens
         [r, c] => (*r, *c),
         other => return Err(format!("expected a matrix, got shape {other:?}")),
     };
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if n_head == 0 || rows % n_head != 0 || !(rows / n_head).is_multiple_of(2) {
         return Err(format!(
             "{rows} rows cannot be split into {n_head} heads of even size"
         ));
