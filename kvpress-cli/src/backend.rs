@@ -61,5 +61,6 @@ pub fn cuda_driver_present() -> bool {
         ]
         .map(std::path::PathBuf::from),
     );
-    dirs.iter().any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
+    dirs.iter()
+        .any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
 }

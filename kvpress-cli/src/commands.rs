@@ -47,7 +47,10 @@ pub fn tokenize(model: Option<&Path>, text: &str, chat: bool, json: bool) -> any
     if json {
         print_json(&json!({"ids": ids, "text": rendered}))
     } else {
-        println!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+        println!(
+            "{}",
+            ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+        );
         Ok(())
     }
 }
@@ -71,7 +74,10 @@ pub fn next_token(
     let out = generate_greedy(&llama, &ids, &options, false)?;
     let top = top_k(&out.prompt_logits, k);
     if json {
-        let top: Vec<_> = top.iter().map(|(id, logit)| json!({"id": id, "logit": logit})).collect();
+        let top: Vec<_> = top
+            .iter()
+            .map(|(id, logit)| json!({"id": id, "logit": logit}))
+            .collect();
         print_json(&json!({"ids": ids, "top": top, "greedy": out.tokens}))
     } else {
         for (id, logit) in &top {

@@ -13,7 +13,9 @@ impl TextInput {
             (Some(t), _) => Ok(t.clone()),
             (None, Some(path)) if path.as_os_str() == "-" => {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading standard input")?;
                 Ok(s)
             }
             (None, Some(path)) => {

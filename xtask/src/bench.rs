@@ -1,0 +1,313 @@
+//! `cargo xtask bench`: prefill and decode throughput, cache bytes and peak RSS per context
+//! length. Every configuration runs in a fresh worker process so that its peak memory is its own;
+//! figures are medians over repetitions, written to `<out>/bench.json` and `<out>/bench.csv`, and
+//! printed next to the kvpress reference (`../shared/golden/timing.json`) when it is available.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::backend::Flex;
+use kvpress_models::default_model::ensure_default_model;
+use kvpress_models::generate::argmax;
+use kvpress_models::llama::ForwardOptions;
+use kvpress_models::{Llama, ModelFiles};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::filler::essay;
+
+type B = Flex;
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Model (HF directory or .gguf); default: the default model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Context lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,8192")]
+    lengths: Vec<usize>,
+    /// Timed prefill repetitions per length (median reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Greedy decode steps after the prefill.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// A one-minute smoke run: 512 and 1024 tokens, one repetition, 16 decode steps.
+    #[arg(long)]
+    quick: bool,
+    /// Output directory.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Reference timings of kvpress (timing.json); default: ../shared/golden/timing.json.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+}
+
+/// Options of one worker measurement.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    length: usize,
+    #[arg(long)]
+    reps: usize,
+    #[arg(long)]
+    decode_tokens: usize,
+}
+
+/// What one worker measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Context tokens.
+    pub length: usize,
+    /// Prefill seconds of each repetition.
+    pub prefill_s: Vec<f64>,
+    /// Median prefill throughput.
+    pub prefill_tok_per_s: f64,
+    /// Decode steps timed.
+    pub decode_tokens: usize,
+    /// Decode throughput (forced greedy, logits included).
+    pub decode_tok_per_s: f64,
+    /// Bytes held by the KV cache after prefill.
+    pub cache_bytes_after_prefill: usize,
+    /// Peak resident memory of the worker (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Context ids of exactly `length` tokens of filler text.
+fn context_ids(files: &ModelFiles, length: usize) -> anyhow::Result<Vec<u32>> {
+    let mut sentences = length / 8 + 16;
+    loop {
+        let ids = files.tokenizer.encode(&essay(2024, sentences), false)?;
+        if ids.len() >= length {
+            return Ok(ids[..length].to_vec());
+        }
+        sentences *= 2;
+    }
+}
+
+fn prefill(
+    model: &Llama<B>,
+    ids: &[u32],
+) -> anyhow::Result<(f64, kvpress_core::KvCache<B>, Vec<f32>)> {
+    let mut cache = model.new_cache();
+    let positions: Vec<usize> = (0..ids.len()).collect();
+    let start = Instant::now();
+    let hidden = model.forward(ids, &positions, &mut cache, &ForwardOptions::default())?;
+    let [_, s, h] = hidden.dims();
+    // Reading one value back forces the computation on lazy backends.
+    let last = hidden.narrow(1, s - 1, 1).reshape([1, h]);
+    let _ = last.clone().sum().into_scalar();
+    let seconds = start.elapsed().as_secs_f64();
+    let logits = model
+        .logits(last)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>();
+    let logits = logits.map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+    Ok((seconds, cache, logits))
+}
+
+/// Runs one measurement in this process and prints it as a JSON line.
+pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    let files = ModelFiles::open(&args.model)?;
+    let model = files.load_model::<B>(&Default::default())?;
+    let ids = context_ids(&files, args.length)?;
+    prefill(&model, &ids[..128.min(ids.len())])?; // warm-up
+    let mut times = Vec::with_capacity(args.reps);
+    let mut last = None;
+    for _ in 0..args.reps.max(1) {
+        let (s, cache, logits) = prefill(&model, &ids)?;
+        times.push(s);
+        last = Some((cache, logits));
+    }
+    let Some((mut cache, logits)) = last else {
+        bail!("no repetition ran");
+    };
+    let cache_bytes = cache.bytes();
+    let mut next = argmax(&logits);
+    let start = Instant::now();
+    for step in 0..args.decode_tokens {
+        let pos = ids.len() + step;
+        let hidden = model.forward(&[next], &[pos], &mut cache, &ForwardOptions::default())?;
+        next = argmax(&model.last_logits(hidden)?);
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    let m = Measurement {
+        length: args.length,
+        prefill_tok_per_s: args.length as f64 / median(&times),
+        prefill_s: times,
+        decode_tokens: args.decode_tokens,
+        decode_tok_per_s: args.decode_tokens as f64 / decode_s,
+        cache_bytes_after_prefill: cache_bytes,
+        peak_rss_kib: peak_rss_kib(),
+    };
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Reference (kvpress, torch) prefill and decode tok/s for `length` without a press.
+fn reference_for(reference: &Value, threads: &str, length: usize) -> Option<(f64, f64)> {
+    let r = &reference["by_threads"][threads]["results"][length.to_string()]["none"];
+    Some((
+        r["prefill_tok_per_s"].as_f64()?,
+        r["decode_tok_per_s"].as_f64()?,
+    ))
+}
+
+/// The bench driver.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => ensure_default_model(&mut |_| {}).context("fetching the default model")?,
+    };
+    let (lengths, reps, decode) = if args.quick {
+        (vec![512, 1024], 1, 16)
+    } else {
+        (args.lengths.clone(), args.reps, args.decode_tokens)
+    };
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut results = Vec::new();
+    for &length in &lengths {
+        eprintln!("bench: {length} tokens ({reps} prefill reps, {decode} decode steps)...");
+        let output = Command::new(&exe)
+            .arg("bench-worker")
+            .arg("--model")
+            .arg(&model)
+            .args(["--length", &length.to_string()])
+            .args(["--reps", &reps.to_string()])
+            .args(["--decode-tokens", &decode.to_string()])
+            .output()
+            .context("starting a bench worker")?;
+        if !output.status.success() {
+            bail!(
+                "bench worker for {length} tokens failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let m: Measurement = serde_json::from_str(line)
+            .with_context(|| format!("parsing worker output {line:?}"))?;
+        results.push(m);
+    }
+    let ref_path = args
+        .reference
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("../shared/golden/timing.json"));
+    let reference: Option<Value> = std::fs::read_to_string(&ref_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    report(&args.out, &model, &results, reference.as_ref())
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "backend": "flex",
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn report(
+    out: &Path,
+    model: &Path,
+    results: &[Measurement],
+    reference: Option<&Value>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json_path = out.join("bench.json");
+    let doc = json!({"model": model, "machine": machine(), "results": results});
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
+    let mut csv = String::from(
+        "length,prefill_tok_per_s,decode_tok_per_s,cache_bytes,peak_rss_kib,ref_prefill_tok_per_s,ref_decode_tok_per_s\n",
+    );
+    println!(
+        "{:>7} {:>12} {:>12} {:>12} {:>10} | {:>12} {:>12} {:>8} {:>8}",
+        "tokens",
+        "prefill t/s",
+        "decode t/s",
+        "cache MiB",
+        "peak MiB",
+        "ref prefill",
+        "ref decode",
+        "prefill×",
+        "decode×"
+    );
+    for m in results {
+        let r = reference.and_then(|r| reference_for(r, "2", m.length));
+        let (rp, rd) = r.map_or((f64::NAN, f64::NAN), |(p, d)| (p, d));
+        println!(
+            "{:>7} {:>12.1} {:>12.2} {:>12.1} {:>10.0} | {:>12.1} {:>12.2} {:>8.2} {:>8.2}",
+            m.length,
+            m.prefill_tok_per_s,
+            m.decode_tok_per_s,
+            m.cache_bytes_after_prefill as f64 / (1 << 20) as f64,
+            m.peak_rss_kib as f64 / 1024.0,
+            rp,
+            rd,
+            m.prefill_tok_per_s / rp,
+            m.decode_tok_per_s / rd
+        );
+        csv.push_str(&format!(
+            "{},{:.3},{:.3},{},{},{:.3},{:.3}\n",
+            m.length,
+            m.prefill_tok_per_s,
+            m.decode_tok_per_s,
+            m.cache_bytes_after_prefill,
+            m.peak_rss_kib,
+            rp,
+            rd
+        ));
+    }
+    std::fs::write(out.join("bench.csv"), csv)?;
+    if reference.is_some() {
+        println!(
+            "ref = kvpress 0.5.5 / torch, 2 threads, from timing.json (another run: compare ratios with care)"
+        );
+    }
+    eprintln!("wrote {} and bench.csv", json_path.display());
+    Ok(())
+}
