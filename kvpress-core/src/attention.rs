@@ -5,9 +5,14 @@
 //! by absolute position (a query at position `p` sees keys at positions `≤ p`, optionally within
 //! a sliding window), which stays correct after a press has dropped or reordered cache entries.
 
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData, activation::softmax, backend::Backend};
 
 use crate::error::{CoreError, Result};
+
+/// Query count from which the fused causal kernel is used (below it, grouped matmuls win).
+const FUSED_MIN_QUERIES: usize = 16;
 
 /// Options of [`chunked_attention`].
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +72,16 @@ pub fn chunked_attention<B: Backend>(
     }
     let g = h / h_kv;
     let keys_sorted = k_positions.windows(2).all(|w| w[0] <= w[1]);
+    // Fast path: the queries are the last `s` keys and every earlier key precedes them, so
+    // "key position ≤ query position" is the bottom-right causal mask of a fused kernel.
+    // Short query blocks (decoding) take the grouped path, which needs no repeated K/V.
+    let fused = s >= FUSED_MIN_QUERIES
+        && options.sliding_window.is_none()
+        && n >= s
+        && k_positions[n - s..] == *q_positions
+        && q_positions.windows(2).all(|w| w[0] < w[1])
+        && k_positions[..n - s].iter().all(|&p| p < q_positions[0]);
+    let repeated = fused.then(|| (repeat_kv(k.clone(), g), repeat_kv(v.clone(), g)));
     let chunk = (options.max_score_elements / (b * h * n.max(1))).clamp(1, s.max(1));
     let device = q.device();
     let mut outputs = Vec::with_capacity(s.div_ceil(chunk));
@@ -82,6 +97,25 @@ pub fn chunked_attention<B: Backend>(
         } else {
             n
         };
+        if let Some((kr, vr)) = &repeated {
+            // Keys up to this chunk's last query; the chunk's queries are their last `len`.
+            let visible = n - s + start + len;
+            let fused_options = AttentionModuleOptions {
+                scale: Some(options.scale as f64),
+                softcap: None,
+                is_causal: true,
+            };
+            outputs.push(attention(
+                q.clone().narrow(2, start, len),
+                kr.clone().narrow(2, 0, visible),
+                vr.clone().narrow(2, 0, visible),
+                None,
+                None,
+                fused_options,
+            ));
+            start += len;
+            continue;
+        }
         let qc = q
             .clone()
             .narrow(2, start, len)
@@ -115,6 +149,16 @@ pub fn chunked_attention<B: Backend>(
     } else {
         Tensor::cat(outputs, 2)
     })
+}
+
+/// Repeats each KV head `g` times (`[b, h_kv, n, d]` → `[b, h_kv·g, n, d]`, HF `repeat_kv` order).
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, g: usize) -> Tensor<B, 4> {
+    if g == 1 {
+        return x;
+    }
+    let [b, h_kv, n, d] = x.dims();
+    let x = x.unsqueeze_dim::<5>(2);
+    Tensor::cat(vec![x; g], 2).reshape([b, h_kv * g, n, d])
 }
 
 /// Additive mask (`0` visible, `-inf` hidden) of `[g · rows, keys]`, the rows block repeated for
@@ -188,6 +232,33 @@ mod tests {
             opts.max_score_elements = max;
             let got =
                 chunked_attention(q.clone(), k.clone(), v.clone(), &qp, &kp, &opts).expect("ok");
+            let diff = (got - want.clone()).abs().max().into_scalar();
+            assert!(diff < 1e-5, "max_score_elements={max}: diff {diff}");
+        }
+    }
+
+    #[test]
+    fn explicit_mask_path_equals_naive() {
+        // Keys given in a shuffled order with their positions: only the explicit-mask path applies.
+        let dev = Default::default();
+        let (b, h, h_kv, s, past, d) = (1, 4, 2, 5, 6, 8);
+        let n = past + s;
+        let q = Tensor::<B, 4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<B, 4>::random([b, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<B, 4>::random([b, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let want = naive(q.clone(), k.clone(), v.clone(), 0.5);
+        let order: Vec<usize> = (0..n).rev().collect();
+        let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+            TensorData::new(order.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n]),
+            &dev,
+        );
+        let (ks, vs) = (k.select(2, idx.clone()), v.select(2, idx));
+        let qp: Vec<usize> = (past..n).collect();
+        for max in [1usize, 1 << 20] {
+            let mut opts = AttentionOptions::new(0.5);
+            opts.max_score_elements = max;
+            let got = chunked_attention(q.clone(), ks.clone(), vs.clone(), &qp, &order, &opts)
+                .expect("ok");
             let diff = (got - want.clone()).abs().max().into_scalar();
             assert!(diff < 1e-5, "max_score_elements={max}: diff {diff}");
         }

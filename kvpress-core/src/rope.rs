@@ -230,6 +230,63 @@ impl RotaryEmbedding {
         )
     }
 
+    /// The `[d, d]` matrix `R` with `x·R = rotate_half(x) = [−x2; x1]` for a row vector `x`.
+    pub fn rotate_half_matrix<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        let d = self.head_dim;
+        let half = d / 2;
+        let mut m = vec![0f32; d * d];
+        for i in 0..half {
+            // output column i takes −x[half + i]; output column half + i takes x[i]
+            m[(half + i) * d + i] = -1.0;
+            m[i * d + half + i] = 1.0;
+        }
+        Tensor::from_data(TensorData::new(m, [d, d]), device)
+    }
+
+    /// `cos`/`sin` laid out for [`Self::apply_flat`] on `heads` heads: each `[1, n, heads·d]`.
+    pub fn flat_tables<B: Backend>(
+        &self,
+        positions: &[usize],
+        heads: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let (cos, sin) = self.cos_sin::<B>(positions, device);
+        let n = positions.len();
+        let d = self.head_dim;
+        let widen = |t: Tensor<B, 2>| {
+            let copies = (0..heads).map(|_| t.clone().reshape([n, 1, d])).collect();
+            Tensor::cat(copies, 1).reshape([1, n, heads * d])
+        };
+        (widen(cos), widen(sin))
+    }
+
+    /// Rotates the heads of `x` (`[b, n, heads·d]`, the raw projection output) with tables from
+    /// [`Self::flat_tables`] and the matrix of [`Self::rotate_half_matrix`]. Only same-shape
+    /// element-wise products and one `[·, d] × [d, d]` product, which every backend runs fast.
+    pub fn apply_flat<B: Backend>(
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 3>,
+        sin: &Tensor<B, 3>,
+        rotate: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        let [b, n, width] = x.dims();
+        let d = rotate.dims()[0];
+        let rotated = x
+            .clone()
+            .reshape([b * n * width / d, d])
+            .matmul(rotate.clone())
+            .reshape([b, n, width]);
+        let (cos, sin) = if b == 1 {
+            (cos.clone(), sin.clone())
+        } else {
+            (
+                cos.clone().expand([b, n, width]),
+                sin.clone().expand([b, n, width]),
+            )
+        };
+        x * cos + rotated * sin
+    }
+
     /// Rotates `x` (`[b, h, n, d]`) by `cos`/`sin` (`[n, d]`, from [`Self::cos_sin`]).
     pub fn apply<B: Backend>(
         x: Tensor<B, 4>,
@@ -286,6 +343,27 @@ mod tests {
         assert_eq!(plain.inv_freq()[0], scaled.inv_freq()[0]);
         let last = plain.inv_freq().len() - 1;
         assert!((plain.inv_freq()[last] / 8.0 - scaled.inv_freq()[last]).abs() < 1e-12);
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn flat_application_equals_rotate_half() {
+        use burn::backend::Flex;
+        use burn::tensor::Distribution;
+        type B = Flex;
+        let dev = Default::default();
+        let rope = RotaryEmbedding::new(8, 10000.0, &RopeScaling::None).expect("valid");
+        let positions = [3usize, 4, 5, 900];
+        let x = Tensor::<B, 4>::random([1, 2, 4, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let (cos, sin) = rope.cos_sin::<B>(&positions, &dev);
+        let want = RotaryEmbedding::apply(x.clone(), &cos, &sin);
+        let flat = x.swap_dims(1, 2).reshape([1, 4, 16]);
+        let (fc, fs) = rope.flat_tables::<B>(&positions, 2, &dev);
+        let got = RotaryEmbedding::apply_flat(flat, &fc, &fs, &rope.rotate_half_matrix::<B>(&dev))
+            .reshape([1, 4, 2, 8])
+            .swap_dims(1, 2);
+        let diff = (got - want).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
     }
 
     #[test]

@@ -51,12 +51,14 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
         let n = self.weight.dims()[0];
-        let var = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let rows = x.shape().num_elements() / n.max(1);
+        // As rows × n: the per-row scale and the shared gain are the broadcasts backends run fast.
+        let x = x.reshape([rows, n]);
+        let var = (x.clone() * x.clone()).mean_dim(1);
         let normed = x * var.add_scalar(self.eps).sqrt().recip();
-        let mut shape = [1usize; D];
-        shape[D - 1] = n;
-        normed * self.weight.clone().reshape(shape)
+        (normed * self.weight.clone().reshape([1, n])).reshape(dims)
     }
 }
 
@@ -108,6 +110,7 @@ pub struct Llama<B: Backend> {
     /// `None` when tied to the embedding.
     lm_head: Option<Linear<B>>,
     rope: RotaryEmbedding,
+    rotate_half: Tensor<B, 2>,
     attention: AttentionOptions,
     device: B::Device,
 }
@@ -278,8 +281,10 @@ impl<B: Backend> Llama<B> {
         let rope = RotaryEmbedding::new(d, theta, &scaling)?;
         let mut attention = AttentionOptions::new((d as f32).powf(-0.5));
         attention.sliding_window = config.effective_sliding_window();
+        let rotate_half = rope.rotate_half_matrix(device);
         Ok(Self {
             norm: l.norm("model.norm.weight", hidden, eps)?,
+            rotate_half,
             config,
             embed_tokens,
             layers,
@@ -367,7 +372,15 @@ impl<B: Backend> Llama<B> {
                 .clone()
                 .select(0, ids_t)
                 .reshape([1, s, self.config.hidden_size]);
-        let (cos, sin) = self.rope.cos_sin::<B>(positions, &self.device);
+        let tables = RopeTables {
+            q: self
+                .rope
+                .flat_tables::<B>(positions, self.config.num_attention_heads, &self.device),
+            k: self
+                .rope
+                .flat_tables::<B>(positions, self.config.num_kv_heads(), &self.device),
+            rotate: &self.rotate_half,
+        };
         let prefill = cache.layer(0).is_some_and(LayerCache::is_empty);
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache
@@ -375,7 +388,7 @@ impl<B: Backend> Llama<B> {
                 .ok_or_else(|| ModelError::Input(format!("cache has no layer {index}")))?;
             let h = layer.input_layernorm.forward(x.clone());
             let attn = &layer.self_attn;
-            let (q, k, v) = attn.qkv(h.clone(), &cos, &sin);
+            let (q, k, v) = attn.qkv(h.clone(), &tables);
             layer_cache.append(k, v, positions)?;
             let (kc, vc) = layer_cache
                 .keys_values()
@@ -434,31 +447,55 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+/// RoPE tables of one forward, shared by all layers: `(cos, sin)` each `[1, s, heads·d]` for the
+/// query and the key head counts, and the rotate-half matrix.
+struct RopeTables<'a, B: Backend> {
+    q: (Tensor<B, 3>, Tensor<B, 3>),
+    k: (Tensor<B, 3>, Tensor<B, 3>),
+    rotate: &'a Tensor<B, 2>,
+}
+
 impl<B: Backend> Attention<B> {
     /// Projects `h` (`[b, s, hidden]`) to post-RoPE queries `[b, h_q, s, d]` and keys, values
-    /// `[b, h_kv, s, d]`.
+    /// `[b, h_kv, s, d]`. RoPE is applied on the flat `[b, s, heads·d]` projections.
     fn qkv(
         &self,
         h: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
+        rope: &RopeTables<'_, B>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, s, _] = h.dims();
         let d = self.head_dim;
-        let split = |x: Tensor<B, 3>, heads: usize| x.reshape([b, s, heads, d]).swap_dims(1, 2);
-        let mut q = split(self.q_proj.forward(h.clone()), self.n_heads);
-        let mut k = split(self.k_proj.forward(h.clone()), self.n_kv_heads);
-        let v = split(self.v_proj.forward(h), self.n_kv_heads);
-        if let Some(norm) = &self.q_norm {
-            q = norm.forward(q);
-        }
-        if let Some(norm) = &self.k_norm {
-            k = norm.forward(k);
-        }
-        (
-            RotaryEmbedding::apply(q, cos, sin),
-            RotaryEmbedding::apply(k, cos, sin),
-            v,
-        )
+        let rotate = |x: Tensor<B, 3>,
+                      norm: &Option<RmsNorm<B>>,
+                      heads: usize,
+                      table: &(Tensor<B, 3>, Tensor<B, 3>)| {
+            let x = match norm {
+                Some(norm) => norm
+                    .forward(x.reshape([b, s, heads, d]))
+                    .reshape([b, s, heads * d]),
+                None => x,
+            };
+            RotaryEmbedding::apply_flat(x, &table.0, &table.1, rope.rotate)
+                .reshape([b, s, heads, d])
+                .swap_dims(1, 2)
+        };
+        let q = rotate(
+            self.q_proj.forward(h.clone()),
+            &self.q_norm,
+            self.n_heads,
+            &rope.q,
+        );
+        let k = rotate(
+            self.k_proj.forward(h.clone()),
+            &self.k_norm,
+            self.n_kv_heads,
+            &rope.k,
+        );
+        let v = self
+            .v_proj
+            .forward(h)
+            .reshape([b, s, self.n_kv_heads, d])
+            .swap_dims(1, 2);
+        (q, k, v)
     }
 }
