@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvpress_models::ChatMessage;
 use kvpress_models::ModelFiles;
 use kvpress_models::convert::convert_gguf;
-use kvpress_models::generate::{GenerationOptions, generate_greedy, top_k};
+use kvpress_models::generate::{self as decoding, GenerationOptions, top_k};
 use serde_json::json;
 
 use crate::model;
@@ -70,8 +70,9 @@ pub fn next_token(
         max_new_tokens: greedy,
         eos_token_ids: files.eos_token_ids.clone(),
         ignore_eos: true,
+        sampling: None,
     };
-    let out = generate_greedy(&llama, &ids, &options, false)?;
+    let out = decoding::generate(&llama, &ids, &options, false)?;
     let top = top_k(&out.prompt_logits, k);
     if json {
         let top: Vec<_> = top
@@ -91,24 +92,20 @@ pub fn next_token(
     }
 }
 
+/// `options.eos_token_ids` is filled from the model.
 pub fn generate(
     model: Option<&Path>,
     text: &str,
     chat: bool,
-    max_new_tokens: usize,
-    ignore_eos: bool,
+    mut options: GenerationOptions,
     json: bool,
 ) -> anyhow::Result<()> {
     let files = model::open(model)?;
     let ids = prompt_ids(&files, &prompt_text(&files, text, chat)?)?;
     let llama = model::load(&files)?;
-    let options = GenerationOptions {
-        max_new_tokens,
-        eos_token_ids: files.eos_token_ids.clone(),
-        ignore_eos,
-    };
+    options.eos_token_ids = files.eos_token_ids.clone();
     let start = Instant::now();
-    let out = generate_greedy(&llama, &ids, &options, false)?;
+    let out = decoding::generate(&llama, &ids, &options, false)?;
     let seconds = start.elapsed().as_secs_f64();
     let continuation = files.tokenizer.decode(&out.tokens, true)?;
     if json {

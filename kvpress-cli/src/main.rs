@@ -8,6 +8,7 @@ mod model;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use kvpress_models::generate::{GenerationOptions, Sampling};
 
 /// KV-cache compression for long-context LLMs (a Rust port of NVIDIA kvpress on burn).
 ///
@@ -78,6 +79,15 @@ enum Command {
         /// Do not stop at the end-of-sequence token.
         #[arg(long)]
         ignore_eos: bool,
+        /// Sample with this temperature instead of greedy decoding (greedy is the reference).
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+        #[arg(long, default_value_t = 1.0, requires = "temperature")]
+        top_p: f32,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0, requires = "temperature")]
+        seed: u64,
     },
     /// Convert a GGUF file to an HF checkpoint directory (f32 safetensors, tokenizer, chat template).
     Convert {
@@ -122,14 +132,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             chat,
             max_new_tokens,
             ignore_eos,
-        } => commands::generate(
-            cli.model.as_deref(),
-            &input.read()?,
-            chat,
-            max_new_tokens,
-            ignore_eos,
-            json,
-        ),
+            temperature,
+            top_p,
+            seed,
+        } => {
+            let options = GenerationOptions {
+                max_new_tokens,
+                eos_token_ids: Vec::new(),
+                ignore_eos,
+                sampling: temperature.map(|temperature| Sampling {
+                    temperature,
+                    top_p,
+                    seed,
+                }),
+            };
+            commands::generate(cli.model.as_deref(), &input.read()?, chat, options, json)
+        }
         Command::Convert { gguf, out_dir } => commands::convert(&gguf, &out_dir, json),
         Command::Fetch => commands::fetch(json),
     }

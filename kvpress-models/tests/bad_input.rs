@@ -1,6 +1,10 @@
 //! Malformed files and inputs produce errors that name the problem, never panics.
 
+mod common;
+
 use std::path::Path;
+
+use common::Meta;
 
 use burn::backend::Flex;
 use kvpress_models::config::Architecture;
@@ -184,31 +188,18 @@ fn prompt_longer_than_max_position_embeddings() {
     assert!(err.to_string().contains("empty"), "{err}");
 }
 
-/// Builds a small GGUF: one `general.architecture` key and one tensor.
+/// A small GGUF: one `general.architecture` key and one 2×32 tensor of type `tensor_type`.
 fn gguf_bytes(magic: &[u8; 4], tensor_type: u32) -> Vec<u8> {
-    let mut b = Vec::new();
-    let string = |b: &mut Vec<u8>, s: &str| {
-        b.extend((s.len() as u64).to_le_bytes());
-        b.extend(s.as_bytes());
-    };
-    b.extend(magic);
-    b.extend(3u32.to_le_bytes());
-    b.extend(1u64.to_le_bytes()); // tensors
-    b.extend(1u64.to_le_bytes()); // metadata
-    string(&mut b, "general.architecture");
-    b.extend(8u32.to_le_bytes());
-    string(&mut b, "llama");
-    string(&mut b, "token_embd.weight");
-    b.extend(2u32.to_le_bytes());
-    b.extend(32u64.to_le_bytes());
-    b.extend(2u64.to_le_bytes());
-    b.extend(tensor_type.to_le_bytes());
-    b.extend(0u64.to_le_bytes());
-    while b.len() % 32 != 0 {
-        b.push(0);
-    }
-    b.extend(vec![0u8; 64 * 4]);
-    b
+    common::gguf_file(
+        magic,
+        &[("general.architecture", Meta::Str("llama"))],
+        &[(
+            "token_embd.weight",
+            vec![32, 2],
+            tensor_type,
+            vec![0u8; 64 * 4],
+        )],
+    )
 }
 
 fn gguf_err(bytes: &[u8]) -> String {

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::backend::Flex;
-use kvpress_models::generate::{GenerationOptions, generate_greedy, top_k};
+use kvpress_models::generate::{GenerationOptions, generate, top_k};
 use kvpress_models::{ChatMessage, ModelFiles};
 
 const TOLERANCE: f64 = 1e-3;
@@ -55,8 +55,9 @@ fn matches_transformers_on_all_golden_prompts() {
                 max_new_tokens: 20,
                 eos_token_ids: files.eos_token_ids.clone(),
                 ignore_eos: true,
+                sampling: None,
             };
-            let out = generate_greedy(&model, prompt_ids, &options, true).expect("generate");
+            let out = generate(&model, prompt_ids, &options, true).expect("generate");
             for attn in ["sdpa", "eager"] {
                 let want = &prompt["results"][attn][kind];
                 let top5 = top_k(&out.prompt_logits, 5);

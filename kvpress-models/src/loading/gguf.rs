@@ -828,6 +828,29 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<(Value, Value)> {
             )));
         }
     };
+    let add_bos = meta
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(GgufValue::as_bool)
+        .unwrap_or(false);
+    let bos = meta
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(GgufValue::as_u64)
+        .and_then(|id| tokens.get(id as usize).map(|t| (id, t.clone())));
+    let byte_level_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
+    // `add_bos_token`: encoding with special tokens prepends BOS, as HF's Llama 3 tokenizers do.
+    let post_processor = match (add_bos, &bos) {
+        (true, Some((id, tok))) => json!({"type": "Sequence", "processors": [
+            byte_level_post,
+            {
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {tok.as_str(): {"id": tok, "ids": [id], "tokens": [tok]}}
+            }
+        ]}),
+        _ => byte_level_post,
+    };
     let mut vocab = serde_json::Map::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
@@ -847,7 +870,7 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<(Value, Value)> {
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "post_processor": post_processor,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
@@ -861,10 +884,6 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<(Value, Value)> {
             .and_then(|id| tokens.get(id as usize))
             .cloned()
     };
-    let add_bos = meta
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(GgufValue::as_bool)
-        .unwrap_or(false);
     let config = json!({
         "add_bos_token": add_bos,
         "add_eos_token": false,

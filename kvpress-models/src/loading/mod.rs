@@ -39,13 +39,10 @@ impl ModelPath {
         } else if path.is_file() {
             Ok(Self::Gguf(path.to_path_buf()))
         } else {
-            Err(ModelError::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such model file or directory",
-                ),
-            ))
+            Err(ModelError::Input(format!(
+                "{} does not exist: --model takes an HF checkpoint directory or a .gguf file",
+                path.display()
+            )))
         }
     }
 }

@@ -38,3 +38,87 @@ pub fn default_gguf() -> PathBuf {
     default_model_dir();
     default_gguf_path(&cache_root())
 }
+
+/// A metadata value for [`gguf_file`].
+pub enum Meta<'a> {
+    /// A string (type 8).
+    Str(&'a str),
+    /// A u32 (type 4).
+    U32(u32),
+    /// A bool (type 7).
+    Bool(bool),
+    /// An array of strings.
+    Strs(Vec<&'a str>),
+    /// An array of i32 (type 5).
+    I32s(Vec<i32>),
+}
+
+fn gguf_string(b: &mut Vec<u8>, s: &str) {
+    b.extend((s.len() as u64).to_le_bytes());
+    b.extend(s.as_bytes());
+}
+
+/// Serialises a GGUF v3 file: metadata, then tensors given as
+/// `(name, ggml dims fastest first, ggml type, raw bytes)`.
+pub fn gguf_file(
+    magic: &[u8; 4],
+    meta: &[(&str, Meta<'_>)],
+    tensors: &[(&str, Vec<u64>, u32, Vec<u8>)],
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(magic);
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((meta.len() as u64).to_le_bytes());
+    for (key, value) in meta {
+        gguf_string(&mut b, key);
+        match value {
+            Meta::Str(s) => {
+                b.extend(8u32.to_le_bytes());
+                gguf_string(&mut b, s);
+            }
+            Meta::U32(v) => {
+                b.extend(4u32.to_le_bytes());
+                b.extend(v.to_le_bytes());
+            }
+            Meta::Bool(v) => {
+                b.extend(7u32.to_le_bytes());
+                b.push(u8::from(*v));
+            }
+            Meta::Strs(items) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(8u32.to_le_bytes());
+                b.extend((items.len() as u64).to_le_bytes());
+                for s in items {
+                    gguf_string(&mut b, s);
+                }
+            }
+            Meta::I32s(items) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(5u32.to_le_bytes());
+                b.extend((items.len() as u64).to_le_bytes());
+                for v in items {
+                    b.extend(v.to_le_bytes());
+                }
+            }
+        }
+    }
+    let mut offset = 0u64;
+    for (name, dims, kind, data) in tensors {
+        gguf_string(&mut b, name);
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(kind.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+        offset += (data.len() as u64).div_ceil(32) * 32;
+    }
+    for (_, _, _, data) in tensors {
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.extend(data);
+    }
+    b
+}
