@@ -19,6 +19,11 @@ mod chosen {
 
     /// Name for reports.
     pub const NAME: &str = "cuda";
+
+    /// The GPU kernel is parallel already.
+    pub fn attention_threads() -> usize {
+        1
+    }
 }
 
 #[cfg(all(feature = "flex", not(feature = "cuda")))]
@@ -33,12 +38,17 @@ mod chosen {
 
     /// Name for reports.
     pub const NAME: &str = "flex";
+
+    /// burn-flex's fused attention runs one head at a time: give each core a group of heads.
+    pub fn attention_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 #[cfg(not(any(feature = "flex", feature = "cuda")))]
 compile_error!("kvpress-cli needs a backend: enable the `flex` (default) or `cuda` feature");
 
-pub use chosen::{Backend, NAME, device};
+pub use chosen::{Backend, NAME, attention_threads, device};
 
 /// Whether the NVIDIA driver library can be found (checked before creating a CUDA device).
 #[allow(dead_code)]

@@ -63,7 +63,9 @@ pub fn open(model: Option<&Path>) -> anyhow::Result<ModelFiles> {
 /// Puts the weights on this build's device.
 pub fn load(files: &ModelFiles) -> anyhow::Result<Llama<Backend>> {
     let device = backend::device()?;
-    files
+    let mut llama = files
         .load_model::<Backend>(&device)
-        .with_context(|| format!("loading {} on {}", files.name, backend::NAME))
+        .with_context(|| format!("loading {} on {}", files.name, backend::NAME))?;
+    llama.set_attention_threads(backend::attention_threads());
+    Ok(llama)
 }

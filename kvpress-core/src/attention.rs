@@ -23,6 +23,9 @@ pub struct AttentionOptions {
     pub sliding_window: Option<usize>,
     /// Upper bound on score elements (`b · h · rows · keys`) per chunk.
     pub max_score_elements: usize,
+    /// Threads that run groups of heads of the fused kernel concurrently (1: the calling thread
+    /// only). Useful on CPU backends whose fused kernel is single-threaded.
+    pub threads: usize,
 }
 
 impl AttentionOptions {
@@ -32,6 +35,7 @@ impl AttentionOptions {
             scale,
             sliding_window: None,
             max_score_elements: 1 << 24,
+            threads: 1,
         }
     }
 }
@@ -105,13 +109,17 @@ pub fn chunked_attention<B: Backend>(
                 softcap: None,
                 is_causal: true,
             };
-            outputs.push(attention(
-                q.clone().narrow(2, start, len),
+            let qc = q.clone().narrow(2, start, len);
+            let (kc, vc) = (
                 kr.clone().narrow(2, 0, visible),
                 vr.clone().narrow(2, 0, visible),
-                None,
-                None,
+            );
+            outputs.push(fused_by_head_groups(
+                qc,
+                kc,
+                vc,
                 fused_options,
+                options.threads,
             ));
             start += len;
             continue;
@@ -149,6 +157,47 @@ pub fn chunked_attention<B: Backend>(
     } else {
         Tensor::cat(outputs, 2)
     })
+}
+
+/// The fused kernel over `threads` groups of heads run concurrently, joined along the heads.
+fn fused_by_head_groups<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    options: AttentionModuleOptions,
+    threads: usize,
+) -> Tensor<B, 4> {
+    let h = q.dims()[1];
+    let groups = threads.clamp(1, h);
+    if groups == 1 {
+        return attention(q, k, v, None, None, options);
+    }
+    let per = h.div_ceil(groups);
+    let parts: Vec<_> = (0..h)
+        .step_by(per)
+        .map(|first| {
+            let width = per.min(h - first);
+            (
+                q.clone().narrow(1, first, width),
+                k.clone().narrow(1, first, width),
+                v.clone().narrow(1, first, width),
+            )
+        })
+        .collect();
+    let outputs: Vec<Tensor<B, 4>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|(q, k, v)| scope.spawn(move || attention(q, k, v, None, None, options)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(t) => t,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    Tensor::cat(outputs, 1)
 }
 
 /// Repeats each KV head `g` times (`[b, h_kv, n, d]` → `[b, h_kv·g, n, d]`, HF `repeat_kv` order).
@@ -219,7 +268,7 @@ mod tests {
     #[test]
     fn chunked_equals_naive_with_past() {
         let dev = Default::default();
-        let (b, h, h_kv, s, past, d) = (1, 6, 2, 13, 4, 8);
+        let (b, h, h_kv, s, past, d) = (1, 6, 2, 21, 4, 8);
         let n = past + s;
         let q = Tensor::<B, 4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &dev);
         let k = Tensor::<B, 4>::random([b, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
@@ -227,9 +276,10 @@ mod tests {
         let qp: Vec<usize> = (past..n).collect();
         let kp: Vec<usize> = (0..n).collect();
         let want = naive(q.clone(), k.clone(), v.clone(), 0.3);
-        for max in [1usize, 250, 400, 1 << 20] {
+        for (max, threads) in [(1usize, 1), (250, 2), (400, 3), (1 << 20, 1), (1 << 20, 4)] {
             let mut opts = AttentionOptions::new(0.3);
             opts.max_score_elements = max;
+            opts.threads = threads;
             let got =
                 chunked_attention(q.clone(), k.clone(), v.clone(), &qp, &kp, &opts).expect("ok");
             let diff = (got - want.clone()).abs().max().into_scalar();

@@ -315,6 +315,11 @@ impl<B: Backend> Llama<B> {
         self.attention.max_score_elements = max_score_elements.max(1);
     }
 
+    /// Runs the fused attention kernel on `threads` groups of heads at once (CPU backends).
+    pub fn set_attention_threads(&mut self, threads: usize) {
+        self.attention.threads = threads.max(1);
+    }
+
     /// A fresh cache with one slot per layer.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())

@@ -137,7 +137,8 @@ fn prefill(
 /// Runs one measurement in this process and prints it as a JSON line.
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let files = ModelFiles::open(&args.model)?;
-    let model = files.load_model::<B>(&Default::default())?;
+    let mut model = files.load_model::<B>(&Default::default())?;
+    model.set_attention_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let ids = context_ids(&files, args.length)?;
     prefill(&model, &ids[..128.min(ids.len())])?; // warm-up
     let mut times = Vec::with_capacity(args.reps);
