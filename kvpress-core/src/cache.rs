@@ -57,18 +57,7 @@ impl<B: Backend> LayerCache<B> {
         values: Tensor<B, 4>,
         positions: &[usize],
     ) -> Result<()> {
-        let [_, _, s, _] = keys.dims();
-        if keys.dims() != values.dims() || s != positions.len() {
-            return Err(CoreError::Shape {
-                context: "LayerCache::append",
-                detail: format!(
-                    "keys {:?}, values {:?}, {} positions",
-                    keys.dims(),
-                    values.dims(),
-                    positions.len()
-                ),
-            });
-        }
+        check_entries("LayerCache::append", &keys, &values, positions.len())?;
         self.kv = Some(match self.kv.take() {
             None => (keys, values),
             Some((k, v)) => {
@@ -96,18 +85,8 @@ impl<B: Backend> LayerCache<B> {
         values: Tensor<B, 4>,
         positions: Vec<usize>,
     ) -> Result<()> {
-        let [_, _, n, _] = keys.dims();
-        if keys.dims() != values.dims() || n != positions.len() {
-            return Err(CoreError::Shape {
-                context: "LayerCache::replace",
-                detail: format!(
-                    "keys {:?}, values {:?}, {} positions",
-                    keys.dims(),
-                    values.dims(),
-                    positions.len()
-                ),
-            });
-        }
+        check_entries("LayerCache::replace", &keys, &values, positions.len())?;
+        let n = positions.len();
         self.kv = if n == 0 { None } else { Some((keys, values)) };
         self.positions = positions;
         Ok(())
@@ -131,6 +110,26 @@ impl<B: Backend> LayerCache<B> {
             .as_ref()
             .map_or(0, |(k, v)| tensor_bytes(k) + tensor_bytes(v))
     }
+}
+
+/// Keys and values must have one shape and one entry per position.
+fn check_entries<B: Backend>(
+    context: &'static str,
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
+    positions: usize,
+) -> Result<()> {
+    if keys.dims() != values.dims() || keys.dims()[2] != positions {
+        return Err(CoreError::Shape {
+            context,
+            detail: format!(
+                "keys {:?}, values {:?}, {positions} positions",
+                keys.dims(),
+                values.dims()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn tensor_bytes<B: Backend>(t: &Tensor<B, 4>) -> usize {

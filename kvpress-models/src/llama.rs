@@ -112,6 +112,7 @@ pub struct Llama<B: Backend> {
     rope: RotaryEmbedding,
     rotate_half: Tensor<B, 2>,
     attention: AttentionOptions,
+    ignore_max_position: bool,
     device: B::Device,
 }
 
@@ -291,6 +292,7 @@ impl<B: Backend> Llama<B> {
             lm_head,
             rope,
             attention,
+            ignore_max_position: false,
             device: device.clone(),
         })
     }
@@ -313,6 +315,12 @@ impl<B: Backend> Llama<B> {
     /// Bounds the attention score chunk (elements); smaller saves memory, larger may be faster.
     pub fn set_attention_chunk(&mut self, max_score_elements: usize) {
         self.attention.max_score_elements = max_score_elements.max(1);
+    }
+
+    /// Accepts positions beyond `max_position_embeddings` (memory and speed tests; quality is
+    /// not guaranteed there).
+    pub fn set_ignore_max_position(&mut self, ignore: bool) {
+        self.ignore_max_position = ignore;
     }
 
     /// Runs the fused attention kernel on `threads` groups of heads at once (CPU backends).
@@ -356,7 +364,7 @@ impl<B: Backend> Llama<B> {
             )));
         }
         let max_pos = positions.iter().copied().max().unwrap_or(0);
-        if max_pos >= self.config.max_position_embeddings {
+        if max_pos >= self.config.max_position_embeddings && !self.ignore_max_position {
             return Err(ModelError::Input(format!(
                 "input reaches position {} but the model supports max_position_embeddings = {} tokens",
                 max_pos + 1,

@@ -17,12 +17,6 @@ use kvpress_models::{Llama, ModelError, ModelFiles};
 
 type B = Flex;
 
-/// A minimal tokenizer.json (byte-level BPE over a few tokens).
-const TOKENIZER: &str = r#"{"version":"1.0","added_tokens":[],"normalizer":null,
-"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true},
-"post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true},
-"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]}}"#;
-
 /// Writes a complete tiny HF directory and returns the path of its safetensors file.
 fn write_hf_dir(dir: &Path) -> std::path::PathBuf {
     let config = tiny_config(Architecture::Llama);
@@ -37,12 +31,7 @@ fn write_hf_dir(dir: &Path) -> std::path::PathBuf {
         .collect();
     let st = dir.join("model.safetensors");
     write_f32(&st, &tensors).expect("write");
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string(&config).expect("json"),
-    )
-    .expect("config");
-    std::fs::write(dir.join("tokenizer.json"), TOKENIZER).expect("tokenizer");
+    common::write_config_and_tokenizer(dir, &serde_json::to_value(&config).expect("json"));
     st
 }
 

@@ -1,6 +1,8 @@
 //! HF checkpoint directories: sharded safetensors with an index, F16/BF16 storage, tied and
 //! untied LM heads, transformers-5 style configs and generation configs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -13,11 +15,6 @@ use kvpress_models::{Llama, ModelFiles};
 use safetensors::tensor::{Dtype, TensorView};
 
 type B = Flex;
-
-const TOKENIZER: &str = r#"{"version":"1.0","added_tokens":[],"normalizer":null,
-"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true},
-"post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true},
-"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]}}"#;
 
 /// Stores `t` as `dtype` and returns the bytes and the values as read back.
 fn encode(t: &HostTensor, dtype: Dtype) -> (Vec<u8>, Vec<f32>) {
@@ -83,11 +80,6 @@ fn write_sharded(dir: &Path, weights: &MemoryWeights) -> MemoryWeights {
     stored
 }
 
-fn write_common(dir: &Path, config: &serde_json::Value) {
-    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
-    std::fs::write(dir.join("tokenizer.json"), TOKENIZER).expect("tokenizer");
-}
-
 fn outputs(model: &Llama<B>) -> burn::tensor::Tensor<B, 3> {
     let ids = [3u32, 14, 15, 92, 65, 35];
     let positions: Vec<usize> = (0..ids.len()).collect();
@@ -114,7 +106,7 @@ fn check_dir(config: LlamaConfig, transformers5: bool) {
             serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}),
         );
     }
-    write_common(dir.path(), &json);
+    common::write_config_and_tokenizer(dir.path(), &json);
     std::fs::write(
         dir.path().join("generation_config.json"),
         r#"{"eos_token_id": [1, 2]}"#,
@@ -150,7 +142,7 @@ fn sharded_half_precision_untied_qwen3_with_transformers5_config() {
 fn an_index_naming_a_missing_shard_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = tiny_config(Architecture::Llama);
-    write_common(dir.path(), &serde_json::to_value(&config).expect("json"));
+    common::write_config_and_tokenizer(dir.path(), &serde_json::to_value(&config).expect("json"));
     let index = r#"{"weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors"}}"#;
     std::fs::write(dir.path().join("model.safetensors.index.json"), index).expect("index");
     let err = ModelFiles::open(dir.path())

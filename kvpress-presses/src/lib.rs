@@ -1,1 +1,9 @@
-//! placeholder
+//! # kvpress-presses
+//!
+//! KV-cache compression methods ("presses"), one file per press, each implementing
+//! [`kvpress_core::Press`] over any burn backend, with the defaults of kvpress 0.5.5.
+//!
+//! This crate is the home of the presses issue; the foundation (model, loading, generation)
+//! ships first and calls presses through the `Press` hook of `kvpress-core` only.
+
+pub use kvpress_core::{LayerInputs, Press};

@@ -527,63 +527,67 @@ impl GgufFile {
     }
 }
 
-/// Maps an HF tensor name to its GGUF name.
-fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
+/// Whole-model tensors: (HF name, GGUF name).
+const GLOBAL_NAMES: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Per-layer modules: (HF module under `model.layers.{i}.`, GGUF module under `blk.{i}.`).
+const LAYER_NAMES: [(&str, &str); 11] = [
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Translates a tensor name between naming schemes. `forward` maps HF → GGUF, otherwise
+/// GGUF → HF.
+fn translate_name(name: &str, forward: bool) -> Option<String> {
+    let pick = |pair: &(&'static str, &'static str)| {
+        if forward {
+            (pair.0, pair.1)
+        } else {
+            (pair.1, pair.0)
+        }
     };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+    if let Some((_, to)) = GLOBAL_NAMES
+        .iter()
+        .map(pick)
+        .find(|(from, _)| *from == name)
+    {
+        return Some(to.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let short = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
+    let (from_prefix, to_prefix) = if forward {
+        ("model.layers.", "blk.")
+    } else {
+        ("blk.", "model.layers.")
     };
-    Some(format!("blk.{layer}.{short}.{suffix}"))
+    let (layer, rest) = name.strip_prefix(from_prefix)?.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let (_, to) = LAYER_NAMES
+        .iter()
+        .map(pick)
+        .find(|(from, _)| *from == module)?;
+    Some(format!("{to_prefix}{layer}.{to}.{suffix}"))
 }
 
-/// Maps a GGUF tensor name to its HF name (the inverse of [`gguf_name`]).
+/// Maps an HF tensor name to its GGUF name.
+fn gguf_name(hf: &str) -> Option<String> {
+    translate_name(hf, true)
+}
+
+/// Maps a GGUF tensor name to its HF name.
 fn hf_name(gguf: &str) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (short, suffix) = rest.rsplit_once('.')?;
-    let module = match short {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{module}.{suffix}"))
+    translate_name(gguf, false)
 }
 
 /// A GGUF file seen as a [`WeightSource`] with HF names and layouts.

@@ -39,6 +39,18 @@ pub fn default_gguf() -> PathBuf {
     default_gguf_path(&cache_root())
 }
 
+/// A minimal tokenizer.json: byte-level BPE over the tokens `a`, `b` and `ab`.
+pub const TINY_TOKENIZER: &str = r#"{"version":"1.0","added_tokens":[],"normalizer":null,
+"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true},
+"post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true},
+"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]}}"#;
+
+/// Writes `config.json` and the tiny `tokenizer.json` into `dir`.
+pub fn write_config_and_tokenizer(dir: &std::path::Path, config: &serde_json::Value) {
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+    std::fs::write(dir.join("tokenizer.json"), TINY_TOKENIZER).expect("tokenizer");
+}
+
 /// A metadata value for [`gguf_file`].
 pub enum Meta<'a> {
     /// A string (type 8).
