@@ -7,3 +7,5 @@
 //! ships first and calls presses through the `Press` hook of `kvpress-core` only.
 
 pub use kvpress_core::{LayerInputs, Press};
+
+pub mod expr;
