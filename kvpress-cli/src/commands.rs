@@ -70,7 +70,7 @@ pub fn next_token(
         max_new_tokens: greedy,
         eos_token_ids: files.eos_token_ids.clone(),
         ignore_eos: true,
-        sampling: None,
+        ..Default::default()
     };
     let out = decoding::generate(&llama, &ids, &options, false)?;
     let top = top_k(&out.prompt_logits, k);

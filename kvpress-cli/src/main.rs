@@ -145,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     top_p,
                     seed,
                 }),
+                ..Default::default()
             };
             commands::generate(cli.model.as_deref(), &input.read()?, chat, options, json)
         }

@@ -90,6 +90,9 @@ pub struct GenerationOptions {
     pub eos_token_ids: Vec<u32>,
     /// Never stop at an eos id.
     pub ignore_eos: bool,
+    /// Keep the first generated token even if it is an eos id (kvpress's pipeline checks eos
+    /// from the second token on).
+    pub first_token_never_stops: bool,
     /// Sample instead of taking the argmax.
     pub sampling: Option<Sampling>,
 }
@@ -178,7 +181,9 @@ pub fn continue_generation<B: Backend>(
     let mut pos = start + tokens.len();
     loop {
         out.tokens.push(next);
-        let stop = !options.ignore_eos && options.eos_token_ids.contains(&next);
+        let may_stop =
+            !options.ignore_eos && !(options.first_token_never_stops && out.tokens.len() == 1);
+        let stop = may_stop && options.eos_token_ids.contains(&next);
         if stop || out.tokens.len() >= options.max_new_tokens {
             break;
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod generate;
 pub mod llama;
 pub mod loading;
+pub mod pipeline;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;

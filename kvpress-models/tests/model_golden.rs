@@ -55,7 +55,7 @@ fn matches_transformers_on_all_golden_prompts() {
                 max_new_tokens: 20,
                 eos_token_ids: files.eos_token_ids.clone(),
                 ignore_eos: true,
-                sampling: None,
+                ..Default::default()
             };
             let out = generate(&model, prompt_ids, &options, true).expect("generate");
             for attn in ["sdpa", "eager"] {

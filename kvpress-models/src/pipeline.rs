@@ -1,0 +1,216 @@
+//! Question answering over a compressed context, with the semantics of kvpress's
+//! `kv-press-text-generation` pipeline:
+//!
+//! - the chat template is rendered on one user message `context + separator`, and split at the
+//!   separator: the left part (template prefix + context) is the **context**, compressed by the
+//!   press during prefill; the right part (end of turn + assistant header) follows each question;
+//! - each question is `question + suffix + answer_prefix`, never compressed, placed at its true
+//!   positions after the uncompressed context;
+//! - greedy decoding, eos checked from the second generated token on;
+//! - several questions reuse one compressed context: each question and answer is cut off the
+//!   cache before the next.
+//!
+//! ```no_run
+//! # use kvpress_models::{ModelFiles, pipeline::{Pipeline, Request}};
+//! # fn main() -> kvpress_models::Result<()> {
+//! let files = ModelFiles::open(std::path::Path::new("model-dir"))?;
+//! let model = files.load_model::<burn::backend::Flex>(&Default::default())?;
+//! let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
+//! let out = pipe.run(&Request::new("A long context…").question("What is it about?"), None)?;
+//! println!("{}", out.answers[0]);
+//! # Ok(()) }
+//! ```
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use kvpress_core::Press;
+
+use crate::ChatMessage;
+use crate::error::{ModelError, Result};
+use crate::generate::{GenerationOptions, continue_generation};
+use crate::llama::{ForwardOptions, Llama};
+use crate::tokenizer::TextTokenizer;
+
+/// One call of the pipeline.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The text to compress.
+    pub context: String,
+    /// Questions answered from the same compressed context (none: one empty question).
+    pub questions: Vec<String>,
+    /// Text the answer starts with (part of the uncompressed prompt).
+    pub answer_prefix: String,
+    /// Tokens generated per answer at most.
+    pub max_new_tokens: usize,
+    /// Context tokens kept at most (the context is truncated to its first tokens).
+    pub max_context_length: Option<usize>,
+}
+
+impl Request {
+    /// A request with kvpress's defaults (50 new tokens, no answer prefix).
+    pub fn new(context: impl Into<String>) -> Self {
+        Self {
+            context: context.into(),
+            questions: Vec::new(),
+            answer_prefix: String::new(),
+            max_new_tokens: 50,
+            max_context_length: None,
+        }
+    }
+
+    /// Adds a question.
+    pub fn question(mut self, q: impl Into<String>) -> Self {
+        self.questions.push(q.into());
+        self
+    }
+
+    /// Sets the answer prefix.
+    pub fn answer_prefix(mut self, p: impl Into<String>) -> Self {
+        self.answer_prefix = p.into();
+        self
+    }
+
+    /// Sets the answer length limit.
+    pub fn max_new_tokens(mut self, n: usize) -> Self {
+        self.max_new_tokens = n;
+        self
+    }
+}
+
+/// What the pipeline produced.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// One answer per question.
+    pub answers: Vec<String>,
+    /// Context tokens after truncation.
+    pub context_tokens: usize,
+    /// Entries per layer after compression.
+    pub cache_lengths: Vec<usize>,
+    /// Bytes the compressed cache holds.
+    pub cache_bytes: usize,
+    /// Prefill (with compression) seconds.
+    pub prefill_seconds: f64,
+    /// Seconds spent answering all questions.
+    pub answer_seconds: f64,
+}
+
+/// The context and question token ids of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// Template prefix + context.
+    pub context_ids: Vec<u32>,
+    /// Each question + template suffix + answer prefix.
+    pub question_ids: Vec<Vec<u32>>,
+}
+
+/// A model with its tokenizer, answering questions about compressed contexts.
+pub struct Pipeline<'a, B: Backend> {
+    model: &'a Llama<B>,
+    tokenizer: &'a TextTokenizer,
+    eos_token_ids: Vec<u32>,
+}
+
+impl<'a, B: Backend> Pipeline<'a, B> {
+    /// A pipeline over `model` and `tokenizer`; `eos_token_ids` end answers.
+    pub fn new(model: &'a Llama<B>, tokenizer: &'a TextTokenizer, eos_token_ids: Vec<u32>) -> Self {
+        Self {
+            model,
+            tokenizer,
+            eos_token_ids,
+        }
+    }
+
+    /// Splits and tokenizes the request as kvpress does.
+    pub fn prompt(&self, request: &Request) -> Result<Prompt> {
+        if request.context.trim().is_empty() {
+            return Err(ModelError::Input("the context is empty".into()));
+        }
+        let (context_text, suffix) = if self.tokenizer.has_chat_template() {
+            let separator = "#".repeat(request.context.chars().count() + 10);
+            let rendered = self.tokenizer.apply_chat_template(
+                &[ChatMessage::user(format!("{}{separator}", request.context))],
+                true,
+            )?;
+            let (left, right) = rendered.split_once(&separator).ok_or_else(|| {
+                ModelError::ChatTemplate(
+                    "the chat template does not keep the user message intact".into(),
+                )
+            })?;
+            (left.to_string(), right.to_string())
+        } else {
+            let bos = self.tokenizer.bos_token().unwrap_or_default();
+            (format!("{bos}{}", request.context), "\n".to_string())
+        };
+        let mut context_ids = self.tokenizer.encode(&context_text, false)?;
+        if let Some(max) = request.max_context_length {
+            context_ids.truncate(max);
+        }
+        let questions: Vec<&str> = if request.questions.is_empty() {
+            vec![""]
+        } else {
+            request.questions.iter().map(String::as_str).collect()
+        };
+        let question_ids = questions
+            .iter()
+            .map(|q| {
+                self.tokenizer
+                    .encode(&format!("{q}{suffix}{}", request.answer_prefix), false)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Prompt {
+            context_ids,
+            question_ids,
+        })
+    }
+
+    /// Compresses the context with `press` (none: no compression) and answers every question.
+    pub fn run(&self, request: &Request, press: Option<&dyn Press<B>>) -> Result<Output> {
+        let prompt = self.prompt(request)?;
+        let n = prompt.context_ids.len();
+        let longest = prompt.question_ids.iter().map(Vec::len).max().unwrap_or(0);
+        let needed = n + longest + request.max_new_tokens;
+        let limit = self.model.config().max_position_embeddings;
+        if needed > limit {
+            return Err(ModelError::Input(format!(
+                "context ({n} tokens) + question ({longest}) + answer ({}) need {needed} positions, \
+                 the model has {limit}; shorten the context or set max_context_length",
+                request.max_new_tokens
+            )));
+        }
+        let mut cache = self.model.new_cache();
+        let positions: Vec<usize> = (0..n).collect();
+        let start = Instant::now();
+        self.model.forward(
+            &prompt.context_ids,
+            &positions,
+            &mut cache,
+            &ForwardOptions { press },
+        )?;
+        let prefill_seconds = start.elapsed().as_secs_f64();
+        let cache_lengths = cache.lengths();
+        let cache_bytes = cache.bytes();
+        let options = GenerationOptions {
+            max_new_tokens: request.max_new_tokens,
+            eos_token_ids: self.eos_token_ids.clone(),
+            first_token_never_stops: true,
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let mut answers = Vec::with_capacity(prompt.question_ids.len());
+        for question in &prompt.question_ids {
+            let generation =
+                continue_generation(self.model, &mut cache, question, n, &options, false)?;
+            answers.push(self.tokenizer.decode(&generation.tokens, true)?);
+            cache.truncate_to(&cache_lengths);
+        }
+        Ok(Output {
+            answers,
+            context_tokens: n,
+            cache_lengths,
+            cache_bytes,
+            prefill_seconds,
+            answer_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
