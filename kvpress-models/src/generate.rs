@@ -181,8 +181,8 @@ pub fn continue_generation<B: Backend>(
     let mut pos = start + tokens.len();
     loop {
         out.tokens.push(next);
-        let may_stop =
-            !options.ignore_eos && !(options.first_token_never_stops && out.tokens.len() == 1);
+        let first_is_exempt = options.first_token_never_stops && out.tokens.len() == 1;
+        let may_stop = !(options.ignore_eos || first_is_exempt);
         let stop = may_stop && options.eos_token_ids.contains(&next);
         if stop || out.tokens.len() >= options.max_new_tokens {
             break;
