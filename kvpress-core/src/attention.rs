@@ -46,14 +46,15 @@ impl AttentionOptions {
 ///
 /// # Shapes
 /// - `q`: `[b, h_q, s, d]` (RoPE applied), `q_positions`: `s`
-/// - `k`, `v`: `[b, h_kv, n, d]`, `k_positions`: `n`
+/// - `k`, `v`: `[b, h_kv, n, d]`, `k_positions`: `h_kv` lists of `n` positions (each KV head
+///   may hold different tokens after compression)
 /// - returns `[b, h_q, s, d]`
 pub fn chunked_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     q_positions: &[usize],
-    k_positions: &[usize],
+    k_positions: &[Vec<usize>],
     options: &AttentionOptions,
 ) -> Result<Tensor<B, 4>> {
     let [b, h, s, d] = q.dims();
@@ -64,27 +65,33 @@ pub fn chunked_attention<B: Backend>(
             detail: format!("q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims()),
         });
     }
-    if q_positions.len() != s || k_positions.len() != n {
+    if q_positions.len() != s
+        || k_positions.len() != h_kv
+        || k_positions.iter().any(|p| p.len() != n)
+    {
         return Err(CoreError::Shape {
             context: "chunked_attention",
             detail: format!(
-                "{} query positions for {s} queries, {} key positions for {n} keys",
+                "{} query positions for {s} queries; key positions for {} heads (need {h_kv} lists of {n})",
                 q_positions.len(),
                 k_positions.len()
             ),
         });
     }
     let g = h / h_kv;
-    let keys_sorted = k_positions.windows(2).all(|w| w[0] <= w[1]);
+    let keys_sorted = k_positions
+        .iter()
+        .all(|head| head.windows(2).all(|w| w[0] <= w[1]));
     // Fast path: the queries are the last `s` keys and every earlier key precedes them, so
     // "key position ≤ query position" is the bottom-right causal mask of a fused kernel.
     // Short query blocks (decoding) take the grouped path, which needs no repeated K/V.
     let fused = s >= FUSED_MIN_QUERIES
         && options.sliding_window.is_none()
         && n >= s
-        && k_positions[n - s..] == *q_positions
         && q_positions.windows(2).all(|w| w[0] < w[1])
-        && k_positions[..n - s].iter().all(|&p| p < q_positions[0]);
+        && k_positions.iter().all(|head| {
+            head[n - s..] == *q_positions && head[..n - s].iter().all(|&p| p < q_positions[0])
+        });
     let repeated = fused.then(|| (repeat_kv(k.clone(), g), repeat_kv(v.clone(), g)));
     let chunk = (options.max_score_elements / (b * h * n.max(1))).clamp(1, s.max(1));
     let device = q.device();
@@ -97,7 +104,11 @@ pub fn chunked_attention<B: Backend>(
         let first = rows.iter().copied().min().unwrap_or(0);
         // With sorted keys, keys after the chunk's last position are invisible to every row.
         let visible = if keys_sorted {
-            k_positions.partition_point(|&p| p <= last)
+            k_positions
+                .iter()
+                .map(|head| head.partition_point(|&p| p <= last))
+                .max()
+                .unwrap_or(n)
         } else {
             n
         };
@@ -137,15 +148,20 @@ pub fn chunked_attention<B: Backend>(
             )
         };
         let mut scores = qc.matmul(kc.swap_dims(2, 3)).mul_scalar(options.scale);
-        let needs_mask = k_positions[..visible].iter().any(|&p| p > first)
-            || options
-                .sliding_window
-                .is_some_and(|w| k_positions[..visible].iter().any(|&p| p + w <= last));
+        let needs_mask = k_positions.iter().any(|head| {
+            head[..visible].iter().any(|&p| p > first)
+                || options
+                    .sliding_window
+                    .is_some_and(|w| head[..visible].iter().any(|&p| p + w <= last))
+        });
         if needs_mask {
-            let bias = mask_bias(rows, &k_positions[..visible], options.sliding_window, g);
+            let bias: Vec<f32> = k_positions
+                .iter()
+                .flat_map(|head| mask_bias(rows, &head[..visible], options.sliding_window, g))
+                .collect();
             let bias =
-                Tensor::<B, 2>::from_data(TensorData::new(bias, [g * len, visible]), &device)
-                    .reshape([1, 1, g * len, visible]);
+                Tensor::<B, 3>::from_data(TensorData::new(bias, [h_kv, g * len, visible]), &device)
+                    .reshape([1, h_kv, g * len, visible]);
             scores = scores + bias;
         }
         let probs = softmax(scores, 3);
@@ -280,8 +296,9 @@ mod tests {
             let mut opts = AttentionOptions::new(0.3);
             opts.max_score_elements = max;
             opts.threads = threads;
+            let heads = [kp.clone(), kp.clone()];
             let got =
-                chunked_attention(q.clone(), k.clone(), v.clone(), &qp, &kp, &opts).expect("ok");
+                chunked_attention(q.clone(), k.clone(), v.clone(), &qp, &heads, &opts).expect("ok");
             let diff = (got - want.clone()).abs().max().into_scalar();
             assert!(diff < 1e-5, "max_score_elements={max}: diff {diff}");
         }
@@ -297,17 +314,31 @@ mod tests {
         let k = Tensor::<B, 4>::random([b, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
         let v = Tensor::<B, 4>::random([b, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
         let want = naive(q.clone(), k.clone(), v.clone(), 0.5);
-        let order: Vec<usize> = (0..n).rev().collect();
-        let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
-            TensorData::new(order.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n]),
-            &dev,
-        );
-        let (ks, vs) = (k.select(2, idx.clone()), v.select(2, idx));
+        // Each KV head stores its keys in its own order: head 0 reversed, head 1 rotated.
+        let orders: Vec<Vec<usize>> = vec![
+            (0..n).rev().collect(),
+            (0..n).map(|i| (i + 3) % n).collect(),
+        ];
+        let permute = |t: &Tensor<B, 4>| {
+            let heads = orders
+                .iter()
+                .enumerate()
+                .map(|(head, order)| {
+                    let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+                        TensorData::new(order.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n]),
+                        &dev,
+                    );
+                    t.clone().narrow(1, head, 1).select(2, idx)
+                })
+                .collect();
+            Tensor::cat(heads, 1)
+        };
+        let (ks, vs) = (permute(&k), permute(&v));
         let qp: Vec<usize> = (past..n).collect();
         for max in [1usize, 1 << 20] {
             let mut opts = AttentionOptions::new(0.5);
             opts.max_score_elements = max;
-            let got = chunked_attention(q.clone(), ks.clone(), vs.clone(), &qp, &order, &opts)
+            let got = chunked_attention(q.clone(), ks.clone(), vs.clone(), &qp, &orders, &opts)
                 .expect("ok");
             let diff = (got - want.clone()).abs().max().into_scalar();
             assert!(diff < 1e-5, "max_score_elements={max}: diff {diff}");
@@ -331,7 +362,7 @@ mod tests {
             k.clone(),
             k,
             &[0, 1],
-            &[0, 1],
+            &[vec![0, 1], vec![0, 1]],
             &AttentionOptions::new(1.0),
         );
         assert!(r.is_err());

@@ -38,3 +38,123 @@ pub trait Press<B: Backend>: Send + Sync {
     /// Compresses `cache` (the layer's full prefilled cache) in place.
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()>;
 }
+
+/// Scores every cached entry of a layer; higher means more worth keeping.
+pub trait Scorer<B: Backend>: Send + Sync {
+    /// Scores `[1, h_kv, n]` for keys/values `[1, h_kv, n, d]`.
+    fn score(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        keys: &Tensor<B, 4>,
+        values: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>>;
+}
+
+/// Entries kept out of `n` at compression ratio `ratio`: `max(1, ⌊n·(1 − ratio)⌋)` (kvpress 0.5.5).
+pub fn kept_count(n: usize, ratio: f64) -> usize {
+    ((n as f64 * (1.0 - ratio)) as usize).max(1).min(n)
+}
+
+/// Checks that a compression ratio lies in `[0, 1)`.
+pub fn check_ratio(ratio: f64) -> Result<()> {
+    if (0.0..1.0).contains(&ratio) {
+        Ok(())
+    } else {
+        Err(crate::error::CoreError::Invalid {
+            name: "compression_ratio",
+            detail: format!("must be in [0, 1), got {ratio}"),
+        })
+    }
+}
+
+/// Per head, the cache indices of the `k` highest scores, returned in ascending (positional)
+/// order. Ties go to the lower index. `scores` is `h_kv` rows of `n`.
+pub fn top_k_per_head(scores: &[Vec<f32>], k: usize) -> Vec<Vec<usize>> {
+    scores
+        .iter()
+        .map(|row| {
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            idx.truncate(k.min(row.len()));
+            idx.sort_unstable();
+            idx
+        })
+        .collect()
+}
+
+/// Any [`Scorer`] as a press: keeps the top `max(1, ⌊n·(1 − ratio)⌋)` entries of every KV head.
+#[derive(Debug, Clone)]
+pub struct ScorerPress<S> {
+    /// The scorer.
+    pub scorer: S,
+    /// Fraction of entries removed, in `[0, 1)`.
+    pub compression_ratio: f64,
+}
+
+impl<S> ScorerPress<S> {
+    /// A press removing `compression_ratio` of every layer's entries by `scorer`'s scores.
+    pub fn new(scorer: S, compression_ratio: f64) -> Result<Self> {
+        check_ratio(compression_ratio)?;
+        Ok(Self {
+            scorer,
+            compression_ratio,
+        })
+    }
+}
+
+impl<B: Backend, S: Scorer<B>> Press<B> for ScorerPress<S> {
+    fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
+        if self.compression_ratio == 0.0 || cache.is_empty() {
+            return Ok(());
+        }
+        let Some((keys, values)) = cache.keys_values() else {
+            return Ok(());
+        };
+        let [_, h_kv, n, _] = keys.dims();
+        let scores = self.scorer.score(inputs, keys, values)?;
+        if scores.dims() != [1, h_kv, n] {
+            return Err(crate::error::CoreError::Shape {
+                context: "Scorer::score",
+                detail: format!("scores {:?} for {h_kv} heads × {n} entries", scores.dims()),
+            });
+        }
+        let flat: Vec<f32> = scores
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| crate::error::CoreError::Data(format!("{e:?}")))?;
+        let rows: Vec<Vec<f32>> = flat.chunks(n).map(<[f32]>::to_vec).collect();
+        let kept = top_k_per_head(&rows, kept_count(n, self.compression_ratio));
+        cache.keep(&kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_count_follows_kvpress() {
+        assert_eq!(kept_count(1287, 0.5), 643);
+        assert_eq!(kept_count(10, 0.25), 7);
+        assert_eq!(kept_count(1, 0.9), 1);
+        assert_eq!(kept_count(100, 0.0), 100);
+    }
+
+    #[test]
+    fn top_k_breaks_ties_by_position_and_returns_positional_order() {
+        let scores = vec![vec![0.1, 0.9, 0.5, 0.9, 0.2], vec![1.0, 1.0, 1.0, 0.0, 1.0]];
+        assert_eq!(
+            top_k_per_head(&scores, 3),
+            vec![vec![1, 2, 3], vec![0, 1, 2]]
+        );
+    }
+
+    #[test]
+    fn ratios_outside_the_unit_interval_are_refused() {
+        assert!(check_ratio(1.0).is_err());
+        assert!(check_ratio(-0.1).is_err());
+        assert!(check_ratio(f64::NAN).is_err());
+        assert!(check_ratio(0.0).is_ok());
+    }
+}

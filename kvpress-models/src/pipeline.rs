@@ -24,7 +24,7 @@
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use kvpress_core::Press;
+use kvpress_core::{KvCache, Press};
 
 use crate::ChatMessage;
 use crate::error::{ModelError, Result};
@@ -164,6 +164,19 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         })
     }
 
+    /// Prefills `context_ids` at positions `0..n`, compressing every layer with `press`.
+    pub fn prefill(&self, context_ids: &[u32], press: Option<&dyn Press<B>>) -> Result<KvCache<B>> {
+        let mut cache = self.model.new_cache();
+        let positions: Vec<usize> = (0..context_ids.len()).collect();
+        self.model.forward(
+            context_ids,
+            &positions,
+            &mut cache,
+            &ForwardOptions { press },
+        )?;
+        Ok(cache)
+    }
+
     /// Compresses the context with `press` (none: no compression) and answers every question.
     pub fn run(&self, request: &Request, press: Option<&dyn Press<B>>) -> Result<Output> {
         let prompt = self.prompt(request)?;
@@ -178,15 +191,8 @@ impl<'a, B: Backend> Pipeline<'a, B> {
                 request.max_new_tokens
             )));
         }
-        let mut cache = self.model.new_cache();
-        let positions: Vec<usize> = (0..n).collect();
         let start = Instant::now();
-        self.model.forward(
-            &prompt.context_ids,
-            &positions,
-            &mut cache,
-            &ForwardOptions { press },
-        )?;
+        let mut cache = self.prefill(&prompt.context_ids, press)?;
         let prefill_seconds = start.elapsed().as_secs_f64();
         let cache_lengths = cache.lengths();
         let cache_bytes = cache.bytes();

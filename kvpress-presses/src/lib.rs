@@ -9,3 +9,4 @@
 pub use kvpress_core::{LayerInputs, Press};
 
 pub mod expr;
+pub mod knorm;

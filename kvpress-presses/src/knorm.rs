@@ -1,0 +1,77 @@
+//! KnormPress (kvpress `knorm`): keys with a small L2 norm tend to draw attention; keep them.
+//!
+//! Score of entry `i` of a KV head: `−‖k_i‖₂` over the head dimension (RoPE preserves norms, so
+//! pre- or post-RoPE keys give the same score). Paper: arXiv 2406.11430.
+
+use burn::tensor::{Tensor, backend::Backend};
+use kvpress_core::error::Result;
+use kvpress_core::{LayerInputs, Scorer};
+
+/// The key-norm scorer; wrap it in [`kvpress_core::ScorerPress`] to get the press.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Knorm;
+
+impl<B: Backend> Scorer<B> for Knorm {
+    /// `[1, h_kv, n, d]` keys → `[1, h_kv, n]` scores.
+    fn score(
+        &self,
+        _inputs: &LayerInputs<'_, B>,
+        keys: &Tensor<B, 4>,
+        _values: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, h, n, _] = keys.dims();
+        Ok((keys.clone() * keys.clone())
+            .sum_dim(3)
+            .sqrt()
+            .neg()
+            .reshape([b, h, n]))
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::TensorData;
+    use kvpress_core::{LayerCache, Press, RopeScaling, RotaryEmbedding, ScorerPress};
+
+    type B = Flex;
+
+    #[test]
+    fn keeps_the_smallest_norms_of_each_head() {
+        let dev = Default::default();
+        // head 0 norms: 5, 1, 3, 2 ; head 1 norms: 1, 4, 2, 0 (keys along one channel, d = 2)
+        let data = vec![
+            5., 0., 1., 0., 3., 0., 0., 2., 1., 0., 0., 4., 2., 0., 0., 0.,
+        ];
+        let keys = Tensor::<B, 4>::from_data(TensorData::new(data, [1, 2, 4, 2]), &dev);
+        let rope = RotaryEmbedding::new(2, 10000.0, &RopeScaling::None).expect("rope");
+        let hidden = Tensor::<B, 3>::zeros([1, 4, 2], &dev);
+        let queries = Tensor::<B, 4>::zeros([1, 2, 4, 2], &dev);
+        let positions = [0, 1, 2, 3];
+        let inputs = LayerInputs {
+            layer: 0,
+            num_layers: 1,
+            hidden_states: &hidden,
+            queries: &queries,
+            positions: &positions,
+            rope: &rope,
+        };
+        let scores: Vec<f32> = Knorm
+            .score(&inputs, &keys, &keys)
+            .expect("score")
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        assert_eq!(scores, vec![-5., -1., -3., -2., -1., -4., -2., -0.]);
+        let mut cache = LayerCache::<B>::default();
+        cache
+            .append(keys.clone(), keys, &positions)
+            .expect("append");
+        ScorerPress::new(Knorm, 0.5)
+            .expect("ratio")
+            .compress(&inputs, &mut cache)
+            .expect("compress");
+        assert_eq!(cache.positions(), &[vec![1, 3], vec![0, 3]]);
+    }
+}
