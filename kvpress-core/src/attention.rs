@@ -175,6 +175,49 @@ pub fn chunked_attention<B: Backend>(
     })
 }
 
+/// Causal attention probabilities of the last `w` queries over all `n` keys of a prefill (the
+/// "observation window" of SnapKV, TOVA and relatives): query `i` of the window, at position
+/// `n − w + i`, sees keys `0..=n − w + i`. Only `w × n` scores are formed.
+///
+/// # Shapes
+/// - `queries`: `[1, h_q, n, d]` (RoPE applied), `keys`: `[1, h_kv, n, d]`
+/// - returns `[1, h_q, w, n]`
+pub fn window_attention<B: Backend>(
+    queries: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    w: usize,
+    scale: f32,
+) -> Result<Tensor<B, 4>> {
+    let [b, h, n, d] = queries.dims();
+    let [kb, h_kv, kn, kd] = keys.dims();
+    if b != 1 || kb != 1 || kn != n || kd != d || h_kv == 0 || h % h_kv != 0 {
+        return Err(CoreError::Shape {
+            context: "window_attention",
+            detail: format!("queries {:?}, keys {:?}", queries.dims(), keys.dims()),
+        });
+    }
+    if w == 0 || w > n {
+        return Err(CoreError::Invalid {
+            name: "window_size",
+            detail: format!(
+                "a window of {w} queries needs a context of at least {w} tokens, got {n}"
+            ),
+        });
+    }
+    let g = h / h_kv;
+    let q = queries
+        .clone()
+        .narrow(2, n - w, w)
+        .reshape([1, h_kv, g * w, d]);
+    let scores = q.matmul(keys.clone().swap_dims(2, 3)).mul_scalar(scale);
+    let rows: Vec<usize> = (n - w..n).collect();
+    let all: Vec<usize> = (0..n).collect();
+    let bias = mask_bias(&rows, &all, None, g);
+    let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [g * w, n]), &queries.device())
+        .reshape([1, 1, g * w, n]);
+    Ok(softmax(scores + bias, 3).reshape([1, h, w, n]))
+}
+
 /// The fused kernel over `threads` groups of heads run concurrently, joined along the heads.
 fn fused_by_head_groups<B: Backend>(
     q: Tensor<B, 4>,
@@ -343,6 +386,37 @@ mod tests {
             let diff = (got - want.clone()).abs().max().into_scalar();
             assert!(diff < 1e-5, "max_score_elements={max}: diff {diff}");
         }
+    }
+
+    #[test]
+    fn window_attention_equals_the_last_rows_of_full_attention() {
+        let dev = Default::default();
+        let (h, h_kv, n, d, w) = (4, 2, 9, 8, 3);
+        let q = Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let got = window_attention(&q, &k, w, 0.35).expect("ok");
+        // Reference: full causal attention probabilities with explicitly repeated heads.
+        let kr = k
+            .clone()
+            .unsqueeze_dim::<5>(2)
+            .expand([1, h_kv, h / h_kv, n, d])
+            .reshape([1, h, n, d]);
+        let mut bias = vec![0f32; n * n];
+        for i in 0..n {
+            for j in i + 1..n {
+                bias[i * n + j] = f32::NEG_INFINITY;
+            }
+        }
+        let bias =
+            Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &dev).reshape([1, 1, n, n]);
+        let full = softmax(
+            q.clone().matmul(kr.swap_dims(2, 3)).mul_scalar(0.35) + bias,
+            3,
+        );
+        let want = full.narrow(2, n - w, w);
+        let diff = (got - want).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
+        assert!(window_attention(&q, &k.clone(), n + 1, 1.0).is_err());
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub trait Scorer<B: Backend>: Send + Sync {
         keys: &Tensor<B, 4>,
         values: &Tensor<B, 4>,
     ) -> Result<Tensor<B, 3>>;
+
+    /// Entries (of `n`, shared by all heads) that are always kept, whatever their score: sinks,
+    /// observation windows. Empty: none.
+    fn protected(&self, _inputs: &LayerInputs<'_, B>, _n: usize) -> Result<Vec<bool>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Entries kept out of `n` at compression ratio `ratio`: `max(1, ⌊n·(1 − ratio)⌋)` (kvpress 0.5.5).
@@ -68,13 +74,20 @@ pub fn check_ratio(ratio: f64) -> Result<()> {
 }
 
 /// Per head, the cache indices of the `k` highest scores, returned in ascending (positional)
-/// order. Ties go to the lower index. `scores` is `h_kv` rows of `n`.
-pub fn top_k_per_head(scores: &[Vec<f32>], k: usize) -> Vec<Vec<usize>> {
+/// order. Entries flagged in `protected` (empty: none) rank above all others; ties go to the
+/// lower index. `scores` is `h_kv` rows of `n`.
+pub fn top_k_per_head(scores: &[Vec<f32>], protected: &[bool], k: usize) -> Vec<Vec<usize>> {
+    let is_protected = |i: usize| protected.get(i).copied().unwrap_or(false);
     scores
         .iter()
         .map(|row| {
             let mut idx: Vec<usize> = (0..row.len()).collect();
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            idx.sort_by(|&a, &b| {
+                is_protected(b)
+                    .cmp(&is_protected(a))
+                    .then(row[b].total_cmp(&row[a]))
+                    .then(a.cmp(&b))
+            });
             idx.truncate(k.min(row.len()));
             idx.sort_unstable();
             idx
@@ -124,7 +137,8 @@ impl<B: Backend, S: Scorer<B>> Press<B> for ScorerPress<S> {
             .into_vec()
             .map_err(|e| crate::error::CoreError::Data(format!("{e:?}")))?;
         let rows: Vec<Vec<f32>> = flat.chunks(n).map(<[f32]>::to_vec).collect();
-        let kept = top_k_per_head(&rows, kept_count(n, self.compression_ratio));
+        let protected = self.scorer.protected(inputs, n)?;
+        let kept = top_k_per_head(&rows, &protected, kept_count(n, self.compression_ratio));
         cache.keep(&kept)
     }
 }
@@ -145,8 +159,13 @@ mod tests {
     fn top_k_breaks_ties_by_position_and_returns_positional_order() {
         let scores = vec![vec![0.1, 0.9, 0.5, 0.9, 0.2], vec![1.0, 1.0, 1.0, 0.0, 1.0]];
         assert_eq!(
-            top_k_per_head(&scores, 3),
+            top_k_per_head(&scores, &[], 3),
             vec![vec![1, 2, 3], vec![0, 1, 2]]
+        );
+        let protected = [false, false, false, false, true];
+        assert_eq!(
+            top_k_per_head(&scores, &protected, 2),
+            vec![vec![1, 4], vec![0, 4]]
         );
     }
 

@@ -10,3 +10,7 @@ pub use kvpress_core::{LayerInputs, Press};
 
 pub mod expr;
 pub mod knorm;
+pub mod snapkv;
+pub mod streaming_llm;
+#[cfg(all(test, feature = "flex"))]
+mod test_support;
