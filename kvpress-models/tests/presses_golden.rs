@@ -20,10 +20,13 @@ use kvpress_presses::streaming_llm::StreamingLlm;
 
 type B = Flex;
 
+/// One layer's scores `[h_kv][n]` and protected mask.
+type LayerScores = (Vec<Vec<f32>>, Vec<bool>);
+
 /// Delegates to a scorer and records, per layer, its scores `[h_kv][n]` and protected mask.
 struct Recording<S> {
     inner: S,
-    scores: Mutex<Vec<(Vec<Vec<f32>>, Vec<bool>)>>,
+    scores: Mutex<Vec<LayerScores>>,
 }
 
 impl<S: Scorer<B>> Scorer<B> for Recording<S> {
