@@ -14,9 +14,11 @@ use kvpress_core::error::Result;
 use kvpress_core::{LayerInputs, Scorer, ScorerPress};
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
+use kvpress_presses::keydiff::KeyDiff;
 use kvpress_presses::knorm::Knorm;
 use kvpress_presses::snapkv::SnapKv;
 use kvpress_presses::streaming_llm::StreamingLlm;
+use kvpress_presses::tova::Tova;
 
 type B = Flex;
 
@@ -165,4 +167,14 @@ fn streaming_llm_keeps_what_kvpress_keeps() {
 #[test]
 fn snapkv_keeps_what_kvpress_keeps() {
     check_press("SnapKVPress", SnapKv::default());
+}
+
+#[test]
+fn tova_keeps_what_kvpress_keeps() {
+    check_press("TOVAPress", Tova);
+}
+
+#[test]
+fn keydiff_keeps_what_kvpress_keeps() {
+    check_press("KeyDiffPress", KeyDiff);
 }

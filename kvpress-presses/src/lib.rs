@@ -9,8 +9,10 @@
 pub use kvpress_core::{LayerInputs, Press};
 
 pub mod expr;
+pub mod keydiff;
 pub mod knorm;
 pub mod snapkv;
 pub mod streaming_llm;
 #[cfg(all(test, feature = "flex"))]
 mod test_support;
+pub mod tova;
