@@ -15,7 +15,8 @@ use crate::rope::RotaryEmbedding;
 ///
 /// # Shapes
 /// - `hidden_states`: `[b, n, hidden]`, the attention input (after the input RMSNorm)
-/// - `queries`: `[b, h_q, n, d]`, after RoPE
+/// - `queries`: `[b, h_q, n, d]`, after RoPE; `queries_pre_rope`: the same before RoPE (after
+///   the q-norm of Qwen3)
 /// - `positions`: `n` absolute positions of the tokens of this forward
 #[derive(Debug)]
 pub struct LayerInputs<'a, B: Backend> {
@@ -27,6 +28,8 @@ pub struct LayerInputs<'a, B: Backend> {
     pub hidden_states: &'a Tensor<B, 3>,
     /// Post-RoPE queries of this forward.
     pub queries: &'a Tensor<B, 4>,
+    /// Pre-RoPE queries of this forward.
+    pub queries_pre_rope: &'a Tensor<B, 4>,
     /// Absolute positions of the tokens of this forward.
     pub positions: &'a [usize],
     /// The model's rotary embedding, to evaluate RoPE at any position.

@@ -197,19 +197,15 @@ impl RotaryEmbedding {
         self.attention_scaling
     }
 
-    /// `cos` and `sin` at the given absolute positions, each `[n, d]` (the halves repeated).
-    pub fn cos_sin<B: Backend>(
-        &self,
-        positions: &[usize],
-        device: &B::Device,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    /// `cos` and `sin` at the given absolute positions on the host, each `n × d` row-major (the
+    /// halves repeated), computed as torch does (f32 angle, then cos/sin).
+    pub fn cos_sin_host(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let d = self.head_dim;
         let half = d / 2;
         let mut cos = vec![0f32; positions.len() * d];
         let mut sin = vec![0f32; positions.len() * d];
         for (row, &p) in positions.iter().enumerate() {
             for (i, &f) in self.inv_freq.iter().enumerate() {
-                // torch multiplies in f32, then takes cos/sin of the f32 angle.
                 let angle = (p as f32 * f) as f64;
                 let (s, c) = angle.sin_cos();
                 let (c, s) = (
@@ -223,11 +219,46 @@ impl RotaryEmbedding {
                 sin[base + half + i] = s;
             }
         }
-        let shape = [positions.len(), d];
+        (cos, sin)
+    }
+
+    /// `cos` and `sin` at the given absolute positions, each `[n, d]` (the halves repeated).
+    pub fn cos_sin<B: Backend>(
+        &self,
+        positions: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let (cos, sin) = self.cos_sin_host(positions);
+        let shape = [positions.len(), self.head_dim];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
+    }
+
+    /// The rotation averaged over `positions`: `R̄ = mean_p (diag(cos_p) + P·diag(sin_p))` with
+    /// `P·x = rotate_half(x)`, as a `[d, d]` matrix acting on column vectors (`R̄ x` rotates `x`
+    /// "on average" over those positions).
+    pub fn averaged_rotation<B: Backend>(
+        &self,
+        positions: &[usize],
+        device: &B::Device,
+    ) -> Tensor<B, 2> {
+        let d = self.head_dim;
+        let half = d / 2;
+        let (cos, sin) = self.cos_sin_host(positions);
+        let count = positions.len().max(1) as f32;
+        let mean = |table: &[f32], j: usize| table.iter().skip(j).step_by(d).sum::<f32>() / count;
+        let mut r = vec![0f32; d * d];
+        for i in 0..d {
+            r[i * d + i] = mean(&cos, i);
+        }
+        for i in 0..half {
+            // rotate_half: output row i takes −x[i + d/2], output row i + d/2 takes x[i]
+            r[i * d + i + half] = -mean(&sin, i + half);
+            r[(i + half) * d + i] = mean(&sin, i);
+        }
+        Tensor::from_data(TensorData::new(r, [d, d]), device)
     }
 
     /// The `[d, d]` matrix `R` with `x·R = rotate_half(x) = [−x2; x1]` for a row vector `x`.
@@ -364,6 +395,23 @@ mod tests {
             .swap_dims(1, 2);
         let diff = (got - want).abs().max().into_scalar();
         assert_eq!(diff, 0.0);
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn averaged_rotation_of_one_position_is_that_rotation() {
+        use burn::backend::Flex;
+        use burn::tensor::Distribution;
+        type B = Flex;
+        let dev = Default::default();
+        let rope = RotaryEmbedding::new(8, 10000.0, &RopeScaling::None).expect("valid");
+        let x = Tensor::<B, 4>::random([1, 1, 1, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let (cos, sin) = rope.cos_sin::<B>(&[37], &dev);
+        let want = RotaryEmbedding::apply(x.clone(), &cos, &sin).reshape([1, 8]);
+        let r = rope.averaged_rotation::<B>(&[37], &dev);
+        let got = x.reshape([1, 8]).matmul(r.transpose());
+        let diff = (got - want).abs().max().into_scalar();
+        assert!(diff < 1e-6, "{diff}");
     }
 
     #[test]

@@ -401,13 +401,13 @@ impl<B: Backend> Llama<B> {
                 .ok_or_else(|| ModelError::Input(format!("cache has no layer {index}")))?;
             let h = layer.input_layernorm.forward(x.clone());
             let attn = &layer.self_attn;
-            let (q, k, v) = attn.qkv(h.clone(), &tables);
-            layer_cache.append(k, v, positions)?;
+            let p = attn.project(h.clone(), &tables);
+            layer_cache.append(p.keys, p.values, positions)?;
             let (kc, vc) = layer_cache
                 .keys_values()
                 .ok_or_else(|| ModelError::Input("cache is empty after append".into()))?;
             let out = chunked_attention(
-                q.clone(),
+                p.queries.clone(),
                 kc.clone(),
                 vc.clone(),
                 positions,
@@ -423,7 +423,8 @@ impl<B: Backend> Llama<B> {
                     layer: index,
                     num_layers: self.layers.len(),
                     hidden_states: &h,
-                    queries: &q,
+                    queries: &p.queries,
+                    queries_pre_rope: &p.queries_pre_rope,
                     positions,
                     rope: &self.rope,
                 };
@@ -468,47 +469,43 @@ struct RopeTables<'a, B: Backend> {
     rotate: &'a Tensor<B, 2>,
 }
 
+/// Projections of one forward, each `[b, heads, s, d]`.
+struct Projections<B: Backend> {
+    queries: Tensor<B, 4>,
+    queries_pre_rope: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+}
+
 impl<B: Backend> Attention<B> {
-    /// Projects `h` (`[b, s, hidden]`) to post-RoPE queries `[b, h_q, s, d]` and keys, values
-    /// `[b, h_kv, s, d]`. RoPE is applied on the flat `[b, s, heads·d]` projections.
-    fn qkv(
-        &self,
-        h: Tensor<B, 3>,
-        rope: &RopeTables<'_, B>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    /// Projects `h` (`[b, s, hidden]`) to queries (`[b, h_q, s, d]`, before and after RoPE),
+    /// post-RoPE keys and values (`[b, h_kv, s, d]`). RoPE is applied on the flat
+    /// `[b, s, heads·d]` projections.
+    fn project(&self, h: Tensor<B, 3>, rope: &RopeTables<'_, B>) -> Projections<B> {
         let [b, s, _] = h.dims();
         let d = self.head_dim;
-        let rotate = |x: Tensor<B, 3>,
-                      norm: &Option<RmsNorm<B>>,
-                      heads: usize,
-                      table: &(Tensor<B, 3>, Tensor<B, 3>)| {
-            let x = match norm {
-                Some(norm) => norm
-                    .forward(x.reshape([b, s, heads, d]))
-                    .reshape([b, s, heads * d]),
-                None => x,
-            };
-            RotaryEmbedding::apply_flat(x, &table.0, &table.1, rope.rotate)
-                .reshape([b, s, heads, d])
-                .swap_dims(1, 2)
+        let heads_first =
+            |x: Tensor<B, 3>, heads: usize| x.reshape([b, s, heads, d]).swap_dims(1, 2);
+        let normed = |x: Tensor<B, 3>, norm: &Option<RmsNorm<B>>, heads: usize| match norm {
+            Some(norm) => norm
+                .forward(x.reshape([b, s, heads, d]))
+                .reshape([b, s, heads * d]),
+            None => x,
         };
-        let q = rotate(
-            self.q_proj.forward(h.clone()),
-            &self.q_norm,
-            self.n_heads,
-            &rope.q,
-        );
-        let k = rotate(
+        let rotate = |x: Tensor<B, 3>, table: &(Tensor<B, 3>, Tensor<B, 3>)| {
+            RotaryEmbedding::apply_flat(x, &table.0, &table.1, rope.rotate)
+        };
+        let q = normed(self.q_proj.forward(h.clone()), &self.q_norm, self.n_heads);
+        let k = normed(
             self.k_proj.forward(h.clone()),
             &self.k_norm,
             self.n_kv_heads,
-            &rope.k,
         );
-        let v = self
-            .v_proj
-            .forward(h)
-            .reshape([b, s, self.n_kv_heads, d])
-            .swap_dims(1, 2);
-        (q, k, v)
+        Projections {
+            queries: heads_first(rotate(q.clone(), &rope.q), self.n_heads),
+            queries_pre_rope: heads_first(q, self.n_heads),
+            keys: heads_first(rotate(k, &rope.k), self.n_kv_heads),
+            values: heads_first(self.v_proj.forward(h), self.n_kv_heads),
+        }
     }
 }

@@ -14,6 +14,7 @@ use kvpress_core::error::Result;
 use kvpress_core::{LayerInputs, Scorer, ScorerPress};
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
+use kvpress_presses::expected_attention::ExpectedAttention;
 use kvpress_presses::keydiff::KeyDiff;
 use kvpress_presses::knorm::Knorm;
 use kvpress_presses::snapkv::SnapKv;
@@ -177,4 +178,9 @@ fn tova_keeps_what_kvpress_keeps() {
 #[test]
 fn keydiff_keeps_what_kvpress_keeps() {
     check_press("KeyDiffPress", KeyDiff);
+}
+
+#[test]
+fn expected_attention_keeps_what_kvpress_keeps() {
+    check_press("ExpectedAttentionPress", ExpectedAttention::default());
 }

@@ -54,6 +54,7 @@ mod tests {
             num_layers: 1,
             hidden_states: &hidden,
             queries: &queries,
+            queries_pre_rope: &queries,
             positions: &positions,
             rope: &rope,
         };

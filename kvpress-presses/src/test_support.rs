@@ -38,6 +38,7 @@ impl Fixture {
             num_layers: 1,
             hidden_states: &self.hidden,
             queries: &self.queries,
+            queries_pre_rope: &self.queries,
             positions: &self.positions,
             rope: &self.rope,
         }

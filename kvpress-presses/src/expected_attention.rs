@@ -1,0 +1,177 @@
+//! ExpectedAttentionPress (kvpress `expected_attention` scorer): the softmax attention each key
+//! is expected to receive from future queries, modelled as a Gaussian fitted on the context's
+//! own queries, optionally weighted by the value norm. Paper: arXiv 2510.00636.
+//!
+//! For one layer with `n` tokens, `T = n − n_sink`:
+//! 1. `Q` = pre-RoPE queries of tokens `n_sink..n` (`[1, h_q, T, d]`); `μ = mean_t Q_t`,
+//!    `Σ = (1/T) Σ_t (Q_t − μ)(Q_t − μ)ᵀ`.
+//! 2. `R̄` = RoPE rotation averaged over positions `n .. n + n_future_positions`;
+//!    `μ' = R̄ μ`, `Σ' = R̄ Σ R̄ᵀ`.
+//! 3. For non-sink keys `k_i` of the head's KV group: `z_i = μ'·k_i/√d + k_iᵀ Σ' k_i / (2d)`
+//!    (covariance term optional), `a = softmax_i(z)`, averaged over the query heads of the group.
+//! 4. With `use_vnorm`: `s_i = (a_i + ε)·‖v_i‖₂`. The `n_sink` first entries are protected.
+
+use burn::tensor::{Tensor, activation::softmax, backend::Backend};
+use kvpress_core::error::{CoreError, Result};
+use kvpress_core::{LayerInputs, Scorer};
+
+/// The expected-attention scorer (defaults as kvpress).
+#[derive(Debug, Clone, Copy)]
+pub struct ExpectedAttention {
+    /// Future positions the rotation is averaged over (512).
+    pub n_future_positions: usize,
+    /// First tokens always kept and left out of the statistics (4).
+    pub n_sink: usize,
+    /// Include the covariance term (true).
+    pub use_covariance: bool,
+    /// Weight by the value norm (true).
+    pub use_vnorm: bool,
+    /// Added to the attention before the value weighting (0).
+    pub epsilon: f64,
+}
+
+impl Default for ExpectedAttention {
+    fn default() -> Self {
+        Self {
+            n_future_positions: 512,
+            n_sink: 4,
+            use_covariance: true,
+            use_vnorm: true,
+            epsilon: 0.0,
+        }
+    }
+}
+
+impl<B: Backend> Scorer<B> for ExpectedAttention {
+    /// `[1, h_kv, n]`; the sinks score 0 and are protected.
+    fn score(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        keys: &Tensor<B, 4>,
+        values: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>> {
+        let [_, h_kv, n, d] = keys.dims();
+        let sink = self.n_sink;
+        if n <= sink {
+            return Err(CoreError::Invalid {
+                name: "n_sink",
+                detail: format!(
+                    "expected_attention keeps {sink} sink tokens but the context has only {n}"
+                ),
+            });
+        }
+        let queries = inputs.queries_pre_rope;
+        let [_, h, qn, _] = queries.dims();
+        if qn != n || h % h_kv != 0 {
+            return Err(CoreError::Shape {
+                context: "expected_attention",
+                detail: format!("queries {:?} for keys {:?}", queries.dims(), keys.dims()),
+            });
+        }
+        let g = h / h_kv;
+        let t = n - sink;
+        let device = keys.device();
+        // 1. Gaussian statistics of the context's queries (sinks excluded).
+        let q = queries.clone().narrow(2, sink, t); // [1, h, T, d]
+        let mean = q.clone().mean_dim(2); // [1, h, 1, d]
+        // 2. Averaged rotation over the next positions.
+        let future: Vec<usize> = (n..n + self.n_future_positions.max(1)).collect();
+        let r = inputs
+            .rope
+            .averaged_rotation::<B>(&future, &device)
+            .reshape([1, 1, d, d]);
+        let r_t = r.clone().swap_dims(2, 3);
+        let mean_rot = mean.clone().matmul(r_t.clone()); // (R̄ μ)ᵀ: [1, h, 1, d]
+        // 3. Logits over the non-sink keys of each query head's KV group.
+        let k = keys.clone().narrow(2, sink, t); // [1, h_kv, T, d]
+        let k = k
+            .unsqueeze_dim::<5>(2)
+            .expand([1, h_kv, g, t, d])
+            .reshape([1, h, t, d]);
+        let scale = (d as f32).powf(-0.5);
+        let mut logits = k.clone().matmul(mean_rot.swap_dims(2, 3)).mul_scalar(scale); // [1, h, T, 1]
+        if self.use_covariance {
+            let centered = q - mean;
+            let cov = centered
+                .clone()
+                .swap_dims(2, 3)
+                .matmul(centered)
+                .div_scalar(t as f32); // [1, h, d, d]
+            let cov_rot = r.matmul(cov).matmul(r_t); // R̄ Σ R̄ᵀ
+            let quadratic = (k.clone().matmul(cov_rot) * k).sum_dim(3); // [1, h, T, 1]
+            logits = logits + quadratic.div_scalar(2.0 * d as f32);
+        }
+        let attention = softmax(logits.reshape([1, h, t]), 2);
+        let mut scores = attention
+            .reshape([1, h_kv, g, t])
+            .mean_dim(2)
+            .reshape([1, h_kv, t]);
+        if self.use_vnorm {
+            let v = values.clone().narrow(2, sink, t);
+            let norms = (v.clone() * v).sum_dim(3).sqrt().reshape([1, h_kv, t]);
+            scores = scores.add_scalar(self.epsilon) * norms;
+        }
+        let sinks = Tensor::<B, 3>::zeros([1, h_kv, sink], &device);
+        Ok(Tensor::cat(vec![sinks, scores], 2))
+    }
+
+    fn protected(&self, _inputs: &LayerInputs<'_, B>, n: usize) -> Result<Vec<bool>> {
+        Ok((0..n).map(|i| i < self.n_sink).collect())
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use crate::test_support::Fixture;
+
+    /// With one future position and no covariance, the logits are the dot products of the keys
+    /// with the mean query rotated to that position: check against that, computed by hand.
+    #[test]
+    fn mean_term_equals_rotated_mean_query_dot_keys() {
+        let f = Fixture::new(1, 1, 7, 4);
+        let scorer = ExpectedAttention {
+            n_future_positions: 1,
+            n_sink: 2,
+            use_covariance: false,
+            use_vnorm: false,
+            epsilon: 0.0,
+        };
+        let got: Vec<f32> = scorer
+            .score(&f.inputs(), &f.keys, &f.keys)
+            .expect("score")
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        let q: Vec<f32> = f.queries.clone().into_data().to_vec().expect("f32");
+        let k: Vec<f32> = f.keys.clone().into_data().to_vec().expect("f32");
+        // mean of queries 2..7, rotated to position 7 with rotate_half RoPE
+        let mut mean = [0f32; 4];
+        for t in 2..7 {
+            for c in 0..4 {
+                mean[c] += q[t * 4 + c] / 5.0;
+            }
+        }
+        let (cos, sin) = f.rope.cos_sin_host(&[7]);
+        let rotated: Vec<f32> = (0..4)
+            .map(|c| {
+                let other = if c < 2 { -mean[c + 2] } else { mean[c - 2] };
+                mean[c] * cos[c] + other * sin[c]
+            })
+            .collect();
+        let logits: Vec<f32> = (2..7)
+            .map(|i| (0..4).map(|c| rotated[c] * k[i * 4 + c]).sum::<f32>() / 2.0)
+            .collect();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let total: f32 = logits.iter().map(|z| (z - max).exp()).sum();
+        assert_eq!(&got[..2], &[0.0, 0.0]);
+        for (i, z) in logits.iter().enumerate() {
+            let want = (z - max).exp() / total;
+            assert!(
+                (got[2 + i] - want).abs() < 1e-5,
+                "{i}: {} vs {want}",
+                got[2 + i]
+            );
+        }
+    }
+}
