@@ -120,30 +120,43 @@ impl<S> ScorerPress<S> {
 
 impl<B: Backend, S: Scorer<B>> Press<B> for ScorerPress<S> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
-        if self.compression_ratio == 0.0 || cache.is_empty() {
+        if self.compression_ratio == 0.0 {
             return Ok(());
         }
-        let Some((keys, values)) = cache.keys_values() else {
-            return Ok(());
-        };
-        let [_, h_kv, n, _] = keys.dims();
-        let scores = self.scorer.score(inputs, keys, values)?;
-        if scores.dims() != [1, h_kv, n] {
-            return Err(crate::error::CoreError::Shape {
-                context: "Scorer::score",
-                detail: format!("scores {:?} for {h_kv} heads × {n} entries", scores.dims()),
-            });
-        }
-        let flat: Vec<f32> = scores
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .map_err(|e| crate::error::CoreError::Data(format!("{e:?}")))?;
-        let rows: Vec<Vec<f32>> = flat.chunks(n).map(<[f32]>::to_vec).collect();
-        let protected = self.scorer.protected(inputs, n)?;
-        let kept = top_k_per_head(&rows, &protected, kept_count(n, self.compression_ratio));
-        cache.keep(&kept)
+        keep_top_scored(&self.scorer, inputs, cache, |n| {
+            kept_count(n, self.compression_ratio)
+        })
     }
+}
+
+/// Scores the layer with `scorer` and keeps, in every KV head, its protected entries and then
+/// the best-scored ones, `budget(n)` entries in all.
+pub fn keep_top_scored<B: Backend, S: Scorer<B> + ?Sized>(
+    scorer: &S,
+    inputs: &LayerInputs<'_, B>,
+    cache: &mut LayerCache<B>,
+    budget: impl FnOnce(usize) -> usize,
+) -> Result<()> {
+    let Some((keys, values)) = cache.keys_values() else {
+        return Ok(());
+    };
+    let [_, h_kv, n, _] = keys.dims();
+    let scores = scorer.score(inputs, keys, values)?;
+    if scores.dims() != [1, h_kv, n] {
+        return Err(crate::error::CoreError::Shape {
+            context: "Scorer::score",
+            detail: format!("scores {:?} for {h_kv} heads × {n} entries", scores.dims()),
+        });
+    }
+    let flat: Vec<f32> = scores
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| crate::error::CoreError::Data(format!("{e:?}")))?;
+    let rows: Vec<Vec<f32>> = flat.chunks(n).map(<[f32]>::to_vec).collect();
+    let protected = scorer.protected(inputs, n)?;
+    let kept = top_k_per_head(&rows, &protected, budget(n).clamp(1, n));
+    cache.keep(&kept)
 }
 
 #[cfg(test)]

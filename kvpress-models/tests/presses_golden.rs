@@ -17,6 +17,7 @@ use kvpress_models::pipeline::{Pipeline, Request};
 use kvpress_presses::expected_attention::ExpectedAttention;
 use kvpress_presses::keydiff::KeyDiff;
 use kvpress_presses::knorm::Knorm;
+use kvpress_presses::pyramidkv::PyramidKv;
 use kvpress_presses::snapkv::SnapKv;
 use kvpress_presses::streaming_llm::StreamingLlm;
 use kvpress_presses::tova::Tova;
@@ -183,4 +184,59 @@ fn keydiff_keeps_what_kvpress_keeps() {
 #[test]
 fn expected_attention_keeps_what_kvpress_keeps() {
     check_press("ExpectedAttentionPress", ExpectedAttention::default());
+}
+
+#[test]
+fn pyramidkv_keeps_what_kvpress_keeps() {
+    // kvpress fails to answer with per-layer lengths under sdpa, so only kept sets and lengths.
+    let golden = common::golden("presses_r0.5.json");
+    let want = &golden["results"]["PyramidKVPress"]["0.5"];
+    let files = ModelFiles::open(&common::default_model_dir()).expect("open");
+    let model = files.load_model::<B>(&Default::default()).expect("load");
+    let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
+    let request = Request::new(golden["context"].as_str().expect("context"))
+        .question(golden["question"].as_str().expect("question"));
+    let prompt = pipe.prompt(&request).expect("prompt");
+    let press = PyramidKv::new(0.5).expect("press");
+    let cache = pipe
+        .prefill(&prompt.context_ids, Some(&press))
+        .expect("prefill");
+    for (l, layer) in want["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .enumerate()
+    {
+        let got = cache.layer(l).expect("layer").positions();
+        for (h, hex) in layer["kept_mask_hex"]
+            .as_array()
+            .expect("masks")
+            .iter()
+            .enumerate()
+        {
+            let mut mine = got[h].clone();
+            mine.sort_unstable();
+            assert_eq!(
+                mine,
+                positions_of(hex.as_str().expect("hex")),
+                "layer {l} head {h}"
+            );
+        }
+    }
+    let lengths: Vec<usize> = want["cache_seq_len_per_layer"]
+        .as_array()
+        .expect("lengths")
+        .iter()
+        .map(|v| v.as_u64().expect("len") as usize)
+        .collect();
+    assert_eq!(cache.lengths(), lengths);
+    // Our cache answers with per-layer lengths (kvpress cannot): the pass key survives.
+    let out = pipe
+        .run(&request.max_new_tokens(24), Some(&press))
+        .expect("run");
+    assert!(
+        out.answers[0].contains(golden["passkey"].as_str().expect("passkey")),
+        "{}",
+        out.answers[0]
+    );
 }

@@ -12,6 +12,7 @@ pub mod expected_attention;
 pub mod expr;
 pub mod keydiff;
 pub mod knorm;
+pub mod pyramidkv;
 pub mod snapkv;
 pub mod streaming_llm;
 #[cfg(all(test, feature = "flex"))]
