@@ -18,6 +18,7 @@ use kvpress_presses::expected_attention::ExpectedAttention;
 use kvpress_presses::keydiff::KeyDiff;
 use kvpress_presses::knorm::Knorm;
 use kvpress_presses::pyramidkv::PyramidKv;
+use kvpress_presses::random::RandomScores;
 use kvpress_presses::snapkv::SnapKv;
 use kvpress_presses::streaming_llm::StreamingLlm;
 use kvpress_presses::tova::Tova;
@@ -236,4 +237,36 @@ fn pyramidkv_keeps_what_kvpress_keeps() {
         .expect("run");
     assert!(!out.answers[0].is_empty());
     assert_eq!(out.cache_lengths, lengths);
+}
+
+#[test]
+fn random_keeps_kvpress_counts_deterministically() {
+    let golden = common::golden("presses_r0.5.json");
+    let want = &golden["results"]["RandomPress(seed=42)"]["0.5"];
+    let files = ModelFiles::open(&common::default_model_dir()).expect("open");
+    let model = files.load_model::<B>(&Default::default()).expect("load");
+    let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
+    let request = Request::new(golden["context"].as_str().expect("context"));
+    let prompt = pipe.prompt(&request).expect("prompt");
+    let press = ScorerPress::new(RandomScores { seed: 42 }, 0.5).expect("press");
+    let first = pipe
+        .prefill(&prompt.context_ids, Some(&press))
+        .expect("prefill");
+    let second = pipe
+        .prefill(&prompt.context_ids, Some(&press))
+        .expect("prefill");
+    let lengths: Vec<usize> = want["cache_seq_len_per_layer"]
+        .as_array()
+        .expect("lengths")
+        .iter()
+        .map(|v| v.as_u64().expect("len") as usize)
+        .collect();
+    assert_eq!(first.lengths(), lengths);
+    for l in 0..first.num_layers() {
+        let (a, b) = (
+            first.layer(l).expect("layer"),
+            second.layer(l).expect("layer"),
+        );
+        assert_eq!(a.positions(), b.positions(), "layer {l}");
+    }
 }

@@ -13,6 +13,7 @@ pub mod expr;
 pub mod keydiff;
 pub mod knorm;
 pub mod pyramidkv;
+pub mod random;
 pub mod snapkv;
 pub mod streaming_llm;
 #[cfg(all(test, feature = "flex"))]
