@@ -20,5 +20,5 @@ pub mod rope;
 
 pub use cache::{KvCache, LayerCache};
 pub use error::CoreError;
-pub use press::{LayerInputs, Press, Scorer, ScorerPress, keep_top_scored};
+pub use press::{LayerInputs, Press, Scorer, ScorerPress, keep_top_scored, top_scored_indices};
 pub use rope::{RopeScaling, RotaryEmbedding};

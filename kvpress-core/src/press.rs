@@ -129,17 +129,16 @@ impl<B: Backend, S: Scorer<B>> Press<B> for ScorerPress<S> {
     }
 }
 
-/// Scores the layer with `scorer` and keeps, in every KV head, its protected entries and then
-/// the best-scored ones, `budget(n)` entries in all.
-pub fn keep_top_scored<B: Backend, S: Scorer<B> + ?Sized>(
+/// Scores keys/values (`[1, h_kv, n, d]`) with `scorer` and returns, per KV head, the cache
+/// indices of its protected entries and then of the best-scored ones, `budget(n)` in all, in
+/// ascending order.
+pub fn top_scored_indices<B: Backend, S: Scorer<B> + ?Sized>(
     scorer: &S,
     inputs: &LayerInputs<'_, B>,
-    cache: &mut LayerCache<B>,
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
     budget: impl FnOnce(usize) -> usize,
-) -> Result<()> {
-    let Some((keys, values)) = cache.keys_values() else {
-        return Ok(());
-    };
+) -> Result<Vec<Vec<usize>>> {
     let [_, h_kv, n, _] = keys.dims();
     let scores = scorer.score(inputs, keys, values)?;
     if scores.dims() != [1, h_kv, n] {
@@ -155,7 +154,20 @@ pub fn keep_top_scored<B: Backend, S: Scorer<B> + ?Sized>(
         .map_err(|e| crate::error::CoreError::Data(format!("{e:?}")))?;
     let rows: Vec<Vec<f32>> = flat.chunks(n).map(<[f32]>::to_vec).collect();
     let protected = scorer.protected(inputs, n)?;
-    let kept = top_k_per_head(&rows, &protected, budget(n).clamp(1, n));
+    Ok(top_k_per_head(&rows, &protected, budget(n).clamp(1, n)))
+}
+
+/// Scores the layer with `scorer` and keeps [`top_scored_indices`] in every KV head.
+pub fn keep_top_scored<B: Backend, S: Scorer<B> + ?Sized>(
+    scorer: &S,
+    inputs: &LayerInputs<'_, B>,
+    cache: &mut LayerCache<B>,
+    budget: impl FnOnce(usize) -> usize,
+) -> Result<()> {
+    let Some((keys, values)) = cache.keys_values() else {
+        return Ok(());
+    };
+    let kept = top_scored_indices(scorer, inputs, keys, values, budget)?;
     cache.keep(&kept)
 }
 

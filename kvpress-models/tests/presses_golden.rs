@@ -14,6 +14,7 @@ use kvpress_core::error::Result;
 use kvpress_core::{LayerInputs, Scorer, ScorerPress};
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
+use kvpress_presses::chunk::Chunk;
 use kvpress_presses::expected_attention::ExpectedAttention;
 use kvpress_presses::keydiff::KeyDiff;
 use kvpress_presses::knorm::Knorm;
@@ -187,20 +188,20 @@ fn expected_attention_keeps_what_kvpress_keeps() {
     check_press("ExpectedAttentionPress", ExpectedAttention::default());
 }
 
-#[test]
-fn pyramidkv_keeps_what_kvpress_keeps() {
-    // kvpress fails to answer with per-layer lengths under sdpa, so only kept sets and lengths.
+/// Kept sets and lengths must equal kvpress's exactly (presses whose scorer showed no ties);
+/// the answer too when kvpress produced one.
+fn check_exact(name: &str, press: &dyn kvpress_core::Press<B>) {
     let golden = common::golden("presses_r0.5.json");
-    let want = &golden["results"]["PyramidKVPress"]["0.5"];
+    let want = &golden["results"][name]["0.5"];
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");
     let model = files.load_model::<B>(&Default::default()).expect("load");
     let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
     let request = Request::new(golden["context"].as_str().expect("context"))
-        .question(golden["question"].as_str().expect("question"));
+        .question(golden["question"].as_str().expect("question"))
+        .max_new_tokens(24);
     let prompt = pipe.prompt(&request).expect("prompt");
-    let press = PyramidKv::new(0.5).expect("press");
     let cache = pipe
-        .prefill(&prompt.context_ids, Some(&press))
+        .prefill(&prompt.context_ids, Some(press))
         .expect("prefill");
     for (l, layer) in want["layers"]
         .as_array()
@@ -220,7 +221,7 @@ fn pyramidkv_keeps_what_kvpress_keeps() {
             assert_eq!(
                 mine,
                 positions_of(hex.as_str().expect("hex")),
-                "layer {l} head {h}"
+                "{name}: layer {l} head {h}"
             );
         }
     }
@@ -230,13 +231,27 @@ fn pyramidkv_keeps_what_kvpress_keeps() {
         .iter()
         .map(|v| v.as_u64().expect("len") as usize)
         .collect();
-    assert_eq!(cache.lengths(), lengths);
-    // Decoding over per-layer lengths works here (kvpress fails under sdpa).
-    let out = pipe
-        .run(&request.max_new_tokens(24), Some(&press))
-        .expect("run");
-    assert!(!out.answers[0].is_empty());
+    assert_eq!(cache.lengths(), lengths, "{name}: lengths");
+    let out = pipe.run(&request, Some(press)).expect("run");
     assert_eq!(out.cache_lengths, lengths);
+    match want["answer"].as_str() {
+        Some(answer) => assert_eq!(out.answers[0], answer, "{name}: answer"),
+        // kvpress fails to decode per-layer lengths under sdpa (PyramidKV); ours answers.
+        None => assert!(!out.answers[0].is_empty()),
+    }
+}
+
+#[test]
+fn pyramidkv_keeps_what_kvpress_keeps() {
+    check_exact("PyramidKVPress", &PyramidKv::new(0.5).expect("press"));
+}
+
+#[test]
+fn chunk_snapkv_keeps_what_kvpress_keeps() {
+    check_exact(
+        "ChunkPress(SnapKVPress)",
+        &Chunk::new(SnapKv::default(), 0.5).expect("press"),
+    );
 }
 
 #[test]

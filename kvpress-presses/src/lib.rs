@@ -8,6 +8,7 @@
 
 pub use kvpress_core::{LayerInputs, Press};
 
+pub mod chunk;
 pub mod expected_attention;
 pub mod expr;
 pub mod keydiff;
