@@ -132,6 +132,24 @@ impl<B: Backend> LayerCache<B> {
         Ok(())
     }
 
+    /// Replaces the keys by `f(keys)`, which must keep their shape (channel pruning).
+    pub fn map_keys(&mut self, f: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>) -> Result<()> {
+        let Some((k, v)) = self.kv.take() else {
+            return Ok(());
+        };
+        let dims = k.dims();
+        let mapped = f(k.clone());
+        if mapped.dims() != dims {
+            self.kv = Some((k, v));
+            return Err(CoreError::Shape {
+                context: "LayerCache::map_keys",
+                detail: format!("keys {dims:?} became {:?}", mapped.dims()),
+            });
+        }
+        self.kv = Some((mapped, v));
+        Ok(())
+    }
+
     /// Keeps the first `len` entries of every head (drops a question and its answer).
     pub fn truncate(&mut self, len: usize) {
         if len >= self.len() {

@@ -15,6 +15,7 @@ use kvpress_core::{LayerInputs, Scorer, ScorerPress};
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
 use kvpress_presses::chunk::Chunk;
+use kvpress_presses::composed::Composed;
 use kvpress_presses::expected_attention::ExpectedAttention;
 use kvpress_presses::keydiff::KeyDiff;
 use kvpress_presses::knorm::Knorm;
@@ -22,6 +23,7 @@ use kvpress_presses::pyramidkv::PyramidKv;
 use kvpress_presses::random::RandomScores;
 use kvpress_presses::snapkv::SnapKv;
 use kvpress_presses::streaming_llm::StreamingLlm;
+use kvpress_presses::think::Think;
 use kvpress_presses::tova::Tova;
 
 type B = Flex;
@@ -284,4 +286,20 @@ fn random_keeps_kvpress_counts_deterministically() {
         );
         assert_eq!(a.positions(), b.positions(), "layer {l}");
     }
+}
+
+#[test]
+fn think_gives_kvpress_answer() {
+    check_exact("ThinKPress", &Think::new(0.5).expect("press"));
+}
+
+#[test]
+fn composed_snapkv_think_keeps_what_kvpress_keeps() {
+    let composed = Composed::<B> {
+        presses: vec![
+            Box::new(ScorerPress::new(SnapKv::default(), 0.5).expect("snapkv")),
+            Box::new(Think::new(0.25).expect("think")),
+        ],
+    };
+    check_exact("ComposedPress([SnapKVPress, ThinKPress(0.25)])", &composed);
 }

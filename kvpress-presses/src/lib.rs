@@ -9,6 +9,7 @@
 pub use kvpress_core::{LayerInputs, Press};
 
 pub mod chunk;
+pub mod composed;
 pub mod expected_attention;
 pub mod expr;
 pub mod keydiff;
@@ -19,4 +20,5 @@ pub mod snapkv;
 pub mod streaming_llm;
 #[cfg(all(test, feature = "flex"))]
 mod test_support;
+pub mod think;
 pub mod tova;

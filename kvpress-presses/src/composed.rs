@@ -1,0 +1,21 @@
+//! ComposedPress (kvpress `composed`): several presses applied one after the other on each
+//! layer; each sees the cache the previous one left, and the original layer inputs.
+
+use burn::tensor::backend::Backend;
+use kvpress_core::error::Result;
+use kvpress_core::{LayerCache, LayerInputs, Press};
+
+/// A chain of presses.
+pub struct Composed<B: Backend> {
+    /// Applied in order.
+    pub presses: Vec<Box<dyn Press<B>>>,
+}
+
+impl<B: Backend> Press<B> for Composed<B> {
+    fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
+        for press in &self.presses {
+            press.compress(inputs, cache)?;
+        }
+        Ok(())
+    }
+}
