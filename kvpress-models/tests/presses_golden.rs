@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use burn::backend::Flex;
 use burn::tensor::Tensor;
 use kvpress_core::error::Result;
-use kvpress_core::{LayerInputs, Scorer, ScorerPress};
+use kvpress_core::{LayerInputs, Press, Scorer, ScorerPress};
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
 use kvpress_presses::chunk::Chunk;
@@ -69,25 +69,62 @@ fn positions_of(hex: &str) -> Vec<usize> {
         .collect()
 }
 
-fn check_press<S: Scorer<B>>(name: &str, scorer: S) {
-    let golden = common::golden("presses_r0.5.json");
-    let want = &golden["results"][name]["0.5"];
-    let files = ModelFiles::open(&common::default_model_dir()).expect("open");
-    let model = files.load_model::<B>(&Default::default()).expect("load");
-    let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
-    let request = Request::new(golden["context"].as_str().expect("context"))
-        .question(golden["question"].as_str().expect("question"))
-        .max_new_tokens(24);
-    let prompt = pipe.prompt(&request).expect("prompt");
-    let recording = Recording {
-        inner: scorer,
-        scores: Mutex::new(Vec::new()),
-    };
-    let press = ScorerPress::new(recording, 0.5).expect("press");
-    let cache = pipe
-        .prefill(&prompt.context_ids, Some(&press))
-        .expect("prefill");
-    let recorded = press.scorer.scores.lock().expect("lock").clone();
+/// The golden file, the default model and the golden request (max 24 new tokens).
+struct Setup {
+    golden: serde_json::Value,
+    files: ModelFiles,
+    model: kvpress_models::Llama<B>,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let files = ModelFiles::open(&common::default_model_dir()).expect("open");
+        let model = files.load_model::<B>(&Default::default()).expect("load");
+        Self {
+            golden: common::golden("presses_r0.5.json"),
+            files,
+            model,
+        }
+    }
+
+    fn pipeline(&self) -> Pipeline<'_, B> {
+        Pipeline::new(
+            &self.model,
+            &self.files.tokenizer,
+            self.files.eos_token_ids.clone(),
+        )
+    }
+
+    fn request(&self) -> Request {
+        Request::new(self.golden["context"].as_str().expect("context"))
+            .question(self.golden["question"].as_str().expect("question"))
+            .max_new_tokens(24)
+    }
+
+    /// kvpress's result for press configuration `name` at ratio 0.5.
+    fn want(&self, name: &str) -> &serde_json::Value {
+        &self.golden["results"][name]["0.5"]
+    }
+}
+
+/// kvpress's cache length per layer.
+fn lengths_of(want: &serde_json::Value) -> Vec<usize> {
+    want["cache_seq_len_per_layer"]
+        .as_array()
+        .expect("lengths")
+        .iter()
+        .map(|v| v.as_u64().expect("len") as usize)
+        .collect()
+}
+
+/// Compares the kept positions of every layer and head with kvpress's (equal counts required);
+/// `on_difference(layer, head, ours, theirs)` judges heads whose sets differ.
+fn compare_kept(
+    name: &str,
+    want: &serde_json::Value,
+    cache: &kvpress_core::KvCache<B>,
+    mut on_difference: impl FnMut(usize, usize, &[usize], &[usize]),
+) {
     for (l, layer) in want["layers"]
         .as_array()
         .expect("layers")
@@ -109,55 +146,94 @@ fn check_press<S: Scorer<B>>(name: &str, scorer: S) {
                 theirs.len(),
                 "{name}: layer {l} head {h} keeps a different count"
             );
-            if mine == theirs {
-                continue;
+            if mine != theirs {
+                on_difference(l, h, &mine, &theirs);
             }
-            // Every disputed entry must tie with the lowest kept unprotected score.
-            let (scores, protected) = &recorded[l];
-            let row = &scores[h];
-            let free = |p: &usize| !protected.get(*p).copied().unwrap_or(false);
-            let threshold = mine
-                .iter()
-                .filter(|p| free(p))
-                .map(|&p| row[p])
-                .fold(f32::INFINITY, f32::min);
-            let disputed: Vec<usize> = mine
-                .iter()
-                .filter(|p| !theirs.contains(p))
-                .chain(theirs.iter().filter(|p| !mine.contains(p)))
-                .copied()
-                .collect();
-            for p in &disputed {
-                assert!(
-                    free(p),
-                    "{name}: layer {l} head {h}: protected position {p} differs"
-                );
-                let dev = (row[*p] - threshold).abs();
-                assert!(
-                    dev <= 1e-5 * threshold.abs().max(1e-3),
-                    "{name}: layer {l} head {h}: position {p} (score {}) is not a tie with the threshold {threshold}",
-                    row[*p]
-                );
-            }
-            eprintln!(
-                "{name}: layer {l} head {h}: {} positions differ, all tied at {threshold}: {disputed:?}",
-                disputed.len()
-            );
         }
     }
-    let lengths: Vec<usize> = want["cache_seq_len_per_layer"]
-        .as_array()
-        .expect("lengths")
-        .iter()
-        .map(|v| v.as_u64().expect("len") as usize)
-        .collect();
-    assert_eq!(cache.lengths(), lengths, "{name}: cache lengths");
-    let out = pipe.run(&request, Some(&press)).expect("run");
-    assert_eq!(
-        out.answers[0],
-        want["answer"].as_str().expect("answer"),
-        "{name}: answer"
-    );
+    assert_eq!(cache.lengths(), lengths_of(want), "{name}: cache lengths");
+}
+
+/// Runs the golden question with `press` and compares the answer with kvpress's (when kvpress
+/// produced one: it cannot decode per-layer lengths under sdpa, e.g. for PyramidKV).
+fn check_answer(setup: &Setup, name: &str, press: &dyn Press<B>) {
+    let out = setup
+        .pipeline()
+        .run(&setup.request(), Some(press))
+        .expect("run");
+    assert_eq!(out.cache_lengths, lengths_of(setup.want(name)));
+    match setup.want(name)["answer"].as_str() {
+        Some(answer) => assert_eq!(out.answers[0], answer, "{name}: answer"),
+        None => assert!(!out.answers[0].is_empty()),
+    }
+}
+
+/// A scorer press: kept sets equal kvpress's except between entries that tie (within float
+/// rounding) at the selection threshold, which are printed; same answer.
+fn check_press<S: Scorer<B>>(name: &str, scorer: S) {
+    let setup = Setup::new();
+    let pipe = setup.pipeline();
+    let prompt = pipe.prompt(&setup.request()).expect("prompt");
+    let press = ScorerPress::new(
+        Recording {
+            inner: scorer,
+            scores: Mutex::new(Vec::new()),
+        },
+        0.5,
+    )
+    .expect("press");
+    let cache = pipe
+        .prefill(&prompt.context_ids, Some(&press))
+        .expect("prefill");
+    let recorded = press.scorer.scores.lock().expect("lock").clone();
+    compare_kept(name, setup.want(name), &cache, |l, h, mine, theirs| {
+        // Every disputed entry must tie with the lowest kept unprotected score.
+        let (scores, protected) = &recorded[l];
+        let row = &scores[h];
+        let free = |p: &usize| !protected.get(*p).copied().unwrap_or(false);
+        let threshold = mine
+            .iter()
+            .filter(|p| free(p))
+            .map(|&p| row[p])
+            .fold(f32::INFINITY, f32::min);
+        let disputed: Vec<usize> = mine
+            .iter()
+            .filter(|p| !theirs.contains(p))
+            .chain(theirs.iter().filter(|p| !mine.contains(p)))
+            .copied()
+            .collect();
+        for p in &disputed {
+            assert!(
+                free(p),
+                "{name}: layer {l} head {h}: protected position {p} differs"
+            );
+            let dev = (row[*p] - threshold).abs();
+            assert!(
+                dev <= 1e-5 * threshold.abs().max(1e-3),
+                "{name}: layer {l} head {h}: position {p} (score {}) is not a tie with the threshold {threshold}",
+                row[*p]
+            );
+        }
+        eprintln!(
+            "{name}: layer {l} head {h}: {} positions differ, all tied at {threshold}: {disputed:?}",
+            disputed.len()
+        );
+    });
+    check_answer(&setup, name, &press);
+}
+
+/// Kept sets and lengths equal kvpress's exactly; same answer.
+fn check_exact(name: &str, press: &dyn Press<B>) {
+    let setup = Setup::new();
+    let pipe = setup.pipeline();
+    let prompt = pipe.prompt(&setup.request()).expect("prompt");
+    let cache = pipe
+        .prefill(&prompt.context_ids, Some(press))
+        .expect("prefill");
+    compare_kept(name, setup.want(name), &cache, |l, h, mine, theirs| {
+        assert_eq!(mine, theirs, "{name}: layer {l} head {h}");
+    });
+    check_answer(&setup, name, press);
 }
 
 #[test]
@@ -190,59 +266,6 @@ fn expected_attention_keeps_what_kvpress_keeps() {
     check_press("ExpectedAttentionPress", ExpectedAttention::default());
 }
 
-/// Kept sets and lengths must equal kvpress's exactly (presses whose scorer showed no ties);
-/// the answer too when kvpress produced one.
-fn check_exact(name: &str, press: &dyn kvpress_core::Press<B>) {
-    let golden = common::golden("presses_r0.5.json");
-    let want = &golden["results"][name]["0.5"];
-    let files = ModelFiles::open(&common::default_model_dir()).expect("open");
-    let model = files.load_model::<B>(&Default::default()).expect("load");
-    let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
-    let request = Request::new(golden["context"].as_str().expect("context"))
-        .question(golden["question"].as_str().expect("question"))
-        .max_new_tokens(24);
-    let prompt = pipe.prompt(&request).expect("prompt");
-    let cache = pipe
-        .prefill(&prompt.context_ids, Some(press))
-        .expect("prefill");
-    for (l, layer) in want["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .enumerate()
-    {
-        let got = cache.layer(l).expect("layer").positions();
-        for (h, hex) in layer["kept_mask_hex"]
-            .as_array()
-            .expect("masks")
-            .iter()
-            .enumerate()
-        {
-            let mut mine = got[h].clone();
-            mine.sort_unstable();
-            assert_eq!(
-                mine,
-                positions_of(hex.as_str().expect("hex")),
-                "{name}: layer {l} head {h}"
-            );
-        }
-    }
-    let lengths: Vec<usize> = want["cache_seq_len_per_layer"]
-        .as_array()
-        .expect("lengths")
-        .iter()
-        .map(|v| v.as_u64().expect("len") as usize)
-        .collect();
-    assert_eq!(cache.lengths(), lengths, "{name}: lengths");
-    let out = pipe.run(&request, Some(press)).expect("run");
-    assert_eq!(out.cache_lengths, lengths);
-    match want["answer"].as_str() {
-        Some(answer) => assert_eq!(out.answers[0], answer, "{name}: answer"),
-        // kvpress fails to decode per-layer lengths under sdpa (PyramidKV); ours answers.
-        None => assert!(!out.answers[0].is_empty()),
-    }
-}
-
 #[test]
 fn pyramidkv_keeps_what_kvpress_keeps() {
     check_exact("PyramidKVPress", &PyramidKv::new(0.5).expect("press"));
@@ -254,38 +277,6 @@ fn chunk_snapkv_keeps_what_kvpress_keeps() {
         "ChunkPress(SnapKVPress)",
         &Chunk::new(SnapKv::default(), 0.5).expect("press"),
     );
-}
-
-#[test]
-fn random_keeps_kvpress_counts_deterministically() {
-    let golden = common::golden("presses_r0.5.json");
-    let want = &golden["results"]["RandomPress(seed=42)"]["0.5"];
-    let files = ModelFiles::open(&common::default_model_dir()).expect("open");
-    let model = files.load_model::<B>(&Default::default()).expect("load");
-    let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
-    let request = Request::new(golden["context"].as_str().expect("context"));
-    let prompt = pipe.prompt(&request).expect("prompt");
-    let press = ScorerPress::new(RandomScores { seed: 42 }, 0.5).expect("press");
-    let first = pipe
-        .prefill(&prompt.context_ids, Some(&press))
-        .expect("prefill");
-    let second = pipe
-        .prefill(&prompt.context_ids, Some(&press))
-        .expect("prefill");
-    let lengths: Vec<usize> = want["cache_seq_len_per_layer"]
-        .as_array()
-        .expect("lengths")
-        .iter()
-        .map(|v| v.as_u64().expect("len") as usize)
-        .collect();
-    assert_eq!(first.lengths(), lengths);
-    for l in 0..first.num_layers() {
-        let (a, b) = (
-            first.layer(l).expect("layer"),
-            second.layer(l).expect("layer"),
-        );
-        assert_eq!(a.positions(), b.positions(), "layer {l}");
-    }
 }
 
 #[test]
@@ -302,4 +293,29 @@ fn composed_snapkv_think_keeps_what_kvpress_keeps() {
         ],
     };
     check_exact("ComposedPress([SnapKVPress, ThinKPress(0.25)])", &composed);
+}
+
+#[test]
+fn random_keeps_kvpress_counts_deterministically() {
+    let setup = Setup::new();
+    let pipe = setup.pipeline();
+    let prompt = pipe.prompt(&setup.request()).expect("prompt");
+    let press = ScorerPress::new(RandomScores { seed: 42 }, 0.5).expect("press");
+    let first = pipe
+        .prefill(&prompt.context_ids, Some(&press))
+        .expect("prefill");
+    let second = pipe
+        .prefill(&prompt.context_ids, Some(&press))
+        .expect("prefill");
+    assert_eq!(
+        first.lengths(),
+        lengths_of(setup.want("RandomPress(seed=42)"))
+    );
+    for l in 0..first.num_layers() {
+        let (a, b) = (
+            first.layer(l).expect("layer"),
+            second.layer(l).expect("layer"),
+        );
+        assert_eq!(a.positions(), b.positions(), "layer {l}");
+    }
 }
