@@ -4,19 +4,13 @@
 
 mod common;
 
+use common::ids;
+
 use burn::backend::Flex;
 use kvpress_models::generate::{GenerationOptions, generate, top_k};
 use kvpress_models::{ChatMessage, ModelFiles};
 
 const TOLERANCE: f64 = 1e-3;
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()

@@ -4,17 +4,11 @@
 
 mod common;
 
+use common::ids;
+
 use burn::backend::Flex;
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
 
 #[test]
 fn split_ids_and_uncompressed_answer_match_kvpress() {

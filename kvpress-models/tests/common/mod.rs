@@ -24,6 +24,15 @@ pub fn golden(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
 /// The converted default model directory, fetched once per test binary.
 pub fn default_model_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
