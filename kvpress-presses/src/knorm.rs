@@ -31,48 +31,26 @@ impl<B: Backend> Scorer<B> for Knorm {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use crate::test_support::{Fixture, kept_positions};
     use burn::tensor::TensorData;
-    use kvpress_core::{LayerCache, Press, RopeScaling, RotaryEmbedding, ScorerPress};
-
-    type B = Flex;
+    use kvpress_core::ScorerPress;
 
     #[test]
     fn keeps_the_smallest_norms_of_each_head() {
-        let dev = Default::default();
+        let mut f = Fixture::new(1, 2, 4, 2);
         // head 0 norms: 5, 1, 3, 2 ; head 1 norms: 1, 4, 2, 0 (keys along one channel, d = 2)
         let data = vec![
             5., 0., 1., 0., 3., 0., 0., 2., 1., 0., 0., 4., 2., 0., 0., 0.,
         ];
-        let keys = Tensor::<B, 4>::from_data(TensorData::new(data, [1, 2, 4, 2]), &dev);
-        let rope = RotaryEmbedding::new(2, 10000.0, &RopeScaling::None).expect("rope");
-        let hidden = Tensor::<B, 3>::zeros([1, 4, 2], &dev);
-        let queries = Tensor::<B, 4>::zeros([1, 2, 4, 2], &dev);
-        let positions = [0, 1, 2, 3];
-        let inputs = LayerInputs {
-            layer: 0,
-            num_layers: 1,
-            hidden_states: &hidden,
-            queries: &queries,
-            queries_pre_rope: &queries,
-            positions: &positions,
-            rope: &rope,
-        };
+        f.keys = Tensor::from_data(TensorData::new(data, [1, 2, 4, 2]), &Default::default());
         let scores: Vec<f32> = Knorm
-            .score(&inputs, &keys, &keys)
+            .score(&f.inputs(), &f.keys, &f.keys)
             .expect("score")
             .into_data()
             .to_vec()
             .expect("f32");
         assert_eq!(scores, vec![-5., -1., -3., -2., -1., -4., -2., -0.]);
-        let mut cache = LayerCache::<B>::default();
-        cache
-            .append(keys.clone(), keys, &positions)
-            .expect("append");
-        ScorerPress::new(Knorm, 0.5)
-            .expect("ratio")
-            .compress(&inputs, &mut cache)
-            .expect("compress");
-        assert_eq!(cache.positions(), &[vec![1, 3], vec![0, 3]]);
+        let kept = kept_positions(&f, &ScorerPress::new(Knorm, 0.5).expect("ratio"));
+        assert_eq!(kept, vec![vec![1, 3], vec![0, 3]]);
     }
 }

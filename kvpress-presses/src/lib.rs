@@ -3,8 +3,9 @@
 //! KV-cache compression methods ("presses"), one file per press, each implementing
 //! [`kvpress_core::Press`] over any burn backend, with the defaults of kvpress 0.5.5.
 //!
-//! This crate is the home of the presses issue; the foundation (model, loading, generation)
-//! ships first and calls presses through the `Press` hook of `kvpress-core` only.
+//! Scorers (`Knorm`, `SnapKv`, …) become presses through [`kvpress_core::ScorerPress`];
+//! wrappers (`Chunk`, `PyramidKv`, `Composed`, `Think`) implement `Press` directly. The model
+//! calls them only through the `Press` hook of `kvpress-core`.
 
 pub use kvpress_core::{LayerInputs, Press};
 
