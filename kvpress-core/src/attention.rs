@@ -218,6 +218,68 @@ pub fn window_attention<B: Backend>(
     Ok(softmax(scores + bias, 3).reshape([1, h, w, n]))
 }
 
+/// Per query head, the attention each key receives summed over all queries of a causal
+/// prefill (the column sums of the softmax matrix, H2O's statistic), computed `chunk` query rows
+/// at a time so that only `chunk × n` scores exist at once. Query `i` at position `i` sees keys
+/// `0..=i`.
+///
+/// # Shapes
+/// - `queries`: `[1, h_q, n, d]` (RoPE applied), `keys`: `[1, h_kv, n, d]`
+/// - returns `h_q` rows of `n` sums on the host
+pub fn attention_column_sums<B: Backend>(
+    queries: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    scale: f32,
+    max_score_elements: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let [b, h, n, d] = queries.dims();
+    let [kb, h_kv, kn, kd] = keys.dims();
+    if b != 1 || kb != 1 || kn != n || kd != d || h_kv == 0 || h % h_kv != 0 {
+        return Err(CoreError::Shape {
+            context: "attention_column_sums",
+            detail: format!("queries {:?}, keys {:?}", queries.dims(), keys.dims()),
+        });
+    }
+    let g = h / h_kv;
+    let chunk = (max_score_elements / (h * n.max(1))).clamp(1, n.max(1));
+    let device = queries.device();
+    let mut sums = vec![vec![0f32; n]; h];
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let visible = start + len;
+        let q = queries
+            .clone()
+            .narrow(2, start, len)
+            .reshape([1, h_kv, g * len, d]);
+        let k = keys.clone().narrow(2, 0, visible);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let rows: Vec<usize> = (start..visible).collect();
+        let all: Vec<usize> = (0..visible).collect();
+        let bias = Tensor::<B, 2>::from_data(
+            TensorData::new(mask_bias(&rows, &all, None, g), [g * len, visible]),
+            &device,
+        )
+        .reshape([1, 1, g * len, visible]);
+        let column = softmax(scores + bias, 3)
+            .reshape([h, len, visible])
+            .sum_dim(1)
+            .reshape([h * visible]);
+        let host: Vec<f32> = column
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| CoreError::Data(format!("{e:?}")))?;
+        for (head, part) in sums.iter_mut().zip(host.chunks(visible)) {
+            for (acc, x) in head.iter_mut().zip(part) {
+                *acc += x;
+            }
+        }
+        start += len;
+    }
+    Ok(sums)
+}
+
 /// The fused kernel over `threads` groups of heads run concurrently, joined along the heads.
 fn fused_by_head_groups<B: Backend>(
     q: Tensor<B, 4>,
@@ -440,5 +502,26 @@ mod tests {
             &AttentionOptions::new(1.0),
         );
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn column_sums_equal_those_of_the_full_matrix() {
+        let dev = Default::default();
+        let (h, h_kv, n, d) = (4, 2, 11, 8);
+        let q = Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let full = window_attention(&q, &k, n, 0.3).expect("full matrix"); // [1, h, n, n]
+        let want: Vec<f32> = full.sum_dim(2).into_data().to_vec().expect("f32");
+        for max in [1usize, 50, 1 << 20] {
+            let got = attention_column_sums(&q, &k, 0.3, max).expect("sums");
+            for (a, b) in got.iter().flatten().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "max {max}: {a} vs {b}");
+            }
+        }
+        // every query row sums to 1, so the columns sum to n
+        let total: f32 = attention_column_sums(&q, &k, 0.3, 64).expect("sums")[0]
+            .iter()
+            .sum();
+        assert!((total - n as f32).abs() < 1e-4);
     }
 }

@@ -1,45 +1,76 @@
 //! The key/value cache: per layer, per KV head, the kept keys (after RoPE), values and the
 //! original position of every kept entry.
 //!
-//! This is the dense layout: every KV head of a layer holds the same number of entries, but
-//! each head may hold different tokens (a press selects per head). Batch size is 1.
-//! [`KvCache::bytes`] reports the bytes the tensors really hold, so memory figures are measured
-//! rather than assumed.
+//! Two layouts, chosen by what a press leaves behind (batch size 1):
+//! - **dense**: every KV head of a layer holds the same number of entries (each head may hold
+//!   different tokens), one `[1, h_kv, n, d]` tensor for keys and one for values;
+//! - **ragged**: heads hold different numbers of entries (head-wise budgets such as AdaKV), one
+//!   `[1, 1, n_h, d]` tensor per head, so the dropped entries are really freed — nothing is
+//!   padded or masked.
+//!
+//! [`LayerCache::attend`] computes attention over either layout exactly: a head only ever sees
+//! its own entries. [`KvCache::bytes`] reports the bytes the tensors really hold, so memory
+//! figures are measured rather than assumed.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
+use crate::attention::{AttentionOptions, chunked_attention};
 use crate::error::{CoreError, Result};
+
+/// Keys and values of one KV head in the ragged layout (`[1, 1, n_h, d]` each); `None` when the
+/// head holds nothing.
+type HeadKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
+
+#[derive(Debug, Clone)]
+enum Storage<B: Backend> {
+    Empty,
+    /// Keys and values `[1, h_kv, n, d]`.
+    Dense(Tensor<B, 4>, Tensor<B, 4>),
+    /// One entry per KV head.
+    Ragged(Vec<HeadKv<B>>),
+}
 
 /// Keys and values of one attention layer.
 ///
 /// # Shapes
-/// - keys, values: `[1, h_kv, n, d]`
-/// - positions: `h_kv` lists of `n` absolute token positions (entry `i` of head `h` holds the
-///   token at `positions[h][i]`)
+/// - dense: keys, values `[1, h_kv, n, d]`; ragged: per head `[1, 1, n_h, d]`
+/// - positions: `h_kv` lists (entry `i` of head `h` holds the token at `positions[h][i]`)
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
-    kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    storage: Storage<B>,
     positions: Vec<Vec<usize>>,
+    next_position: usize,
 }
 
 impl<B: Backend> Default for LayerCache<B> {
     fn default() -> Self {
         Self {
-            kv: None,
+            storage: Storage::Empty,
             positions: Vec::new(),
+            next_position: 0,
         }
     }
 }
 
 impl<B: Backend> LayerCache<B> {
-    /// Number of entries held per KV head.
+    /// Entries held by the longest head (the sequence length a dense view would have).
     pub fn len(&self) -> usize {
-        self.positions.first().map_or(0, Vec::len)
+        self.positions.iter().map(Vec::len).max().unwrap_or(0)
     }
 
-    /// True when nothing is cached.
+    /// True when no head holds anything.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.positions.iter().all(Vec::is_empty)
+    }
+
+    /// Entries held by each KV head.
+    pub fn tokens_per_head(&self) -> Vec<usize> {
+        self.positions.iter().map(Vec::len).collect()
+    }
+
+    /// True when heads hold different numbers of entries (stored one tensor per head).
+    pub fn is_ragged(&self) -> bool {
+        matches!(self.storage, Storage::Ragged(_))
     }
 
     /// Absolute positions of every head's entries, in cache order.
@@ -47,9 +78,32 @@ impl<B: Backend> LayerCache<B> {
         &self.positions
     }
 
-    /// Keys and values (`[1, h_kv, n, d]` each), or `None` if empty.
-    pub fn keys_values(&self) -> Option<(&Tensor<B, 4>, &Tensor<B, 4>)> {
-        self.kv.as_ref().map(|(k, v)| (k, v))
+    /// The position the next appended token takes by default: one past the last position
+    /// appended, or the kept length after a press re-rotated the keys to `0..kept`.
+    pub fn next_position(&self) -> usize {
+        self.next_position
+    }
+
+    /// Keys and values (`[1, h_kv, n, d]` each) of a dense cache; `None` if empty.
+    ///
+    /// # Errors
+    /// When the cache is ragged: only head-wise access ([`LayerCache::head`]) applies then.
+    pub fn keys_values(&self) -> Result<Option<(&Tensor<B, 4>, &Tensor<B, 4>)>> {
+        match &self.storage {
+            Storage::Empty => Ok(None),
+            Storage::Dense(k, v) => Ok(Some((k, v))),
+            Storage::Ragged(_) => Err(ragged_error("reading all heads as one tensor")),
+        }
+    }
+
+    /// Keys and values of KV head `h` (`[1, 1, n_h, d]` each); `None` if it holds nothing.
+    pub fn head(&self, h: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        match &self.storage {
+            Storage::Empty => None,
+            Storage::Dense(k, v) => (h < k.dims()[1] && k.dims()[2] > 0)
+                .then(|| (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))),
+            Storage::Ragged(heads) => heads.get(h).cloned().flatten(),
+        }
     }
 
     /// Appends `keys`/`values` (`[1, h_kv, s, d]`) for tokens at `positions` (`s` of them, the
@@ -61,52 +115,75 @@ impl<B: Backend> LayerCache<B> {
         positions: &[usize],
     ) -> Result<()> {
         check_entries("LayerCache::append", &keys, &values, positions.len())?;
-        let h_kv = keys.dims()[1];
-        self.kv = Some(match self.kv.take() {
-            None => (keys, values),
-            Some((k, v)) => {
-                let (kd, nd) = (k.dims(), keys.dims());
-                if kd[0] != nd[0] || kd[1] != nd[1] || kd[3] != nd[3] {
+        let [_, h_kv, _, d] = keys.dims();
+        if !self.positions.is_empty() && self.positions.len() != h_kv {
+            return Err(CoreError::Shape {
+                context: "LayerCache::append",
+                detail: format!("cache of {} heads cannot take {h_kv}", self.positions.len()),
+            });
+        }
+        self.storage = match std::mem::replace(&mut self.storage, Storage::Empty) {
+            Storage::Empty => Storage::Dense(keys, values),
+            Storage::Dense(k, v) => {
+                if k.dims()[3] != d {
+                    let dims = k.dims();
+                    self.storage = Storage::Dense(k, v);
                     return Err(CoreError::Shape {
                         context: "LayerCache::append",
-                        detail: format!("cache {kd:?} cannot take {nd:?}"),
+                        detail: format!("cache {dims:?} cannot take {:?}", keys.dims()),
                     });
                 }
-                (
+                Storage::Dense(
                     Tensor::cat(vec![k, keys], 2),
                     Tensor::cat(vec![v, values], 2),
                 )
             }
-        });
+            Storage::Ragged(heads) => Storage::Ragged(
+                heads
+                    .into_iter()
+                    .enumerate()
+                    .map(|(h, head)| {
+                        let (nk, nv) =
+                            (keys.clone().narrow(1, h, 1), values.clone().narrow(1, h, 1));
+                        Some(match head {
+                            None => (nk, nv),
+                            Some((k, v)) => {
+                                (Tensor::cat(vec![k, nk], 2), Tensor::cat(vec![v, nv], 2))
+                            }
+                        })
+                    })
+                    .collect(),
+            ),
+        };
         if self.positions.is_empty() {
             self.positions = vec![Vec::new(); h_kv];
         }
         for head in &mut self.positions {
             head.extend_from_slice(positions);
         }
+        if let Some(&last) = positions.iter().max() {
+            self.next_position = self.next_position.max(last + 1);
+        }
         Ok(())
     }
 
     /// Keeps, for every head `h`, the entries at cache indices `indices[h]` (in that order).
-    /// Every head must keep the same number of entries (dense layout).
+    /// Equal counts give the dense layout; different counts the ragged one, which holds exactly
+    /// the kept entries.
     pub fn keep(&mut self, indices: &[Vec<usize>]) -> Result<()> {
-        let Some((k, v)) = self.kv.take() else {
-            return Err(CoreError::Invalid {
-                name: "cache",
-                detail: "nothing to select from: the layer cache is empty".into(),
-            });
-        };
-        let [b, h_kv, n, d] = k.dims();
-        let kept = indices.first().map_or(0, Vec::len);
-        if indices.len() != h_kv
+        let lens = self.tokens_per_head();
+        if indices.len() != lens.len()
             || indices
                 .iter()
-                .any(|i| i.len() != kept || i.iter().any(|&x| x >= n))
+                .zip(&lens)
+                .any(|(idx, &n)| idx.iter().any(|&i| i >= n))
         {
-            self.kv = Some((k, v));
             return Err(CoreError::Invalid {
                 name: "kept indices",
-                detail: format!("need {h_kv} lists of equal length with indices below {n}"),
+                detail: format!(
+                    "need {} lists with indices below each head's length {lens:?}",
+                    lens.len()
+                ),
             });
         }
         let positions: Vec<Vec<usize>> = indices
@@ -114,61 +191,243 @@ impl<B: Backend> LayerCache<B> {
             .zip(&self.positions)
             .map(|(idx, pos)| idx.iter().map(|&i| pos[i]).collect())
             .collect();
-        if kept == 0 {
-            self.positions = positions;
-            return Ok(());
-        }
-        let mut flat = Vec::with_capacity(h_kv * kept * d);
-        for head in indices {
-            for &i in head {
-                flat.extend(std::iter::repeat_n(i as i64, d));
+        let uniform = indices.iter().all(|i| i.len() == indices[0].len());
+        let storage = std::mem::replace(&mut self.storage, Storage::Empty);
+        self.storage = match storage {
+            Storage::Empty => Storage::Empty,
+            _ if indices.iter().all(Vec::is_empty) => Storage::Empty,
+            Storage::Dense(k, v) if uniform => {
+                let [b, h_kv, _, d] = k.dims();
+                let kept = indices[0].len();
+                let mut flat = Vec::with_capacity(h_kv * kept * d);
+                for head in indices {
+                    for &i in head {
+                        flat.extend(std::iter::repeat_n(i as i64, d));
+                    }
+                }
+                let idx = Tensor::<B, 4, Int>::from_data(
+                    TensorData::new(flat, [b, h_kv, kept, d]),
+                    &k.device(),
+                );
+                Storage::Dense(k.gather(2, idx.clone()), v.gather(2, idx))
             }
-        }
-        let device = k.device();
-        let idx =
-            Tensor::<B, 4, Int>::from_data(TensorData::new(flat, [b, h_kv, kept, d]), &device);
-        self.kv = Some((k.gather(2, idx.clone()), v.gather(2, idx)));
+            storage => {
+                let heads: Vec<HeadKv<B>> = (0..indices.len())
+                    .map(|h| {
+                        let (k, v) = match &storage {
+                            Storage::Dense(k, v) => {
+                                (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))
+                            }
+                            Storage::Ragged(heads) => heads[h].clone()?,
+                            Storage::Empty => return None,
+                        };
+                        select_entries(k, v, &indices[h])
+                    })
+                    .collect();
+                ragged_or_dense(heads)
+            }
+        };
         self.positions = positions;
         Ok(())
     }
 
-    /// Replaces the keys by `f(keys)`, which must keep their shape (channel pruning).
+    /// Replaces the keys of a dense cache by `f(keys)`, which must keep their shape (channel
+    /// pruning, re-rotation).
     pub fn map_keys(&mut self, f: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>) -> Result<()> {
-        let Some((k, v)) = self.kv.take() else {
-            return Ok(());
-        };
-        let dims = k.dims();
-        let mapped = f(k.clone());
-        if mapped.dims() != dims {
-            self.kv = Some((k, v));
+        match std::mem::replace(&mut self.storage, Storage::Empty) {
+            Storage::Dense(k, v) => {
+                let dims = k.dims();
+                let mapped = f(k.clone());
+                if mapped.dims() != dims {
+                    self.storage = Storage::Dense(k, v);
+                    return Err(CoreError::Shape {
+                        context: "LayerCache::map_keys",
+                        detail: format!("keys {dims:?} became {:?}", mapped.dims()),
+                    });
+                }
+                self.storage = Storage::Dense(mapped, v);
+                Ok(())
+            }
+            Storage::Empty => Ok(()),
+            ragged => {
+                self.storage = ragged;
+                Err(ragged_error("transforming the keys of all heads at once"))
+            }
+        }
+    }
+
+    /// Gives every entry a new position (`positions[h][i]` for entry `i` of head `h`, same
+    /// counts as now) and sets the position of the next appended token. Used by presses that
+    /// re-rotate kept keys to new positions.
+    pub fn relabel_positions(
+        &mut self,
+        positions: Vec<Vec<usize>>,
+        next_position: usize,
+    ) -> Result<()> {
+        if positions
+            .iter()
+            .map(Vec::len)
+            .ne(self.positions.iter().map(Vec::len))
+        {
             return Err(CoreError::Shape {
-                context: "LayerCache::map_keys",
-                detail: format!("keys {dims:?} became {:?}", mapped.dims()),
+                context: "LayerCache::relabel_positions",
+                detail: format!(
+                    "{:?} new positions for heads holding {:?}",
+                    positions.iter().map(Vec::len).collect::<Vec<_>>(),
+                    self.tokens_per_head()
+                ),
             });
         }
-        self.kv = Some((mapped, v));
+        self.positions = positions;
+        self.next_position = next_position;
         Ok(())
     }
 
-    /// Keeps the first `len` entries of every head (drops a question and its answer).
-    pub fn truncate(&mut self, len: usize) {
-        if len >= self.len() {
+    /// Keeps the first `lens[h]` entries of every head `h` (drops a question and its answer).
+    /// Heads already shorter are left as they are.
+    pub fn truncate(&mut self, lens: &[usize]) {
+        let lens: Vec<usize> = self
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(h, p)| lens.get(h).copied().unwrap_or(p.len()).min(p.len()))
+            .collect();
+        if lens.iter().zip(&self.positions).all(|(&l, p)| l == p.len()) {
             return;
         }
-        for head in &mut self.positions {
+        for (head, &len) in self.positions.iter_mut().zip(&lens) {
             head.truncate(len);
         }
-        self.kv = match self.kv.take() {
-            Some((k, v)) if len > 0 => Some((k.narrow(2, 0, len), v.narrow(2, 0, len))),
-            _ => None,
+        if let Some(last) = self.positions.iter().flatten().max() {
+            self.next_position = self.next_position.min(last + 1);
+        }
+        self.storage = match std::mem::replace(&mut self.storage, Storage::Empty) {
+            Storage::Empty => Storage::Empty,
+            _ if lens.iter().all(|&l| l == 0) => Storage::Empty,
+            Storage::Dense(k, v) if lens.iter().all(|&l| l == lens[0]) => {
+                Storage::Dense(k.narrow(2, 0, lens[0]), v.narrow(2, 0, lens[0]))
+            }
+            storage => {
+                let heads = (0..lens.len())
+                    .map(|h| {
+                        let (k, v) = match &storage {
+                            Storage::Dense(k, v) => {
+                                (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))
+                            }
+                            Storage::Ragged(heads) => heads[h].clone()?,
+                            Storage::Empty => return None,
+                        };
+                        (lens[h] > 0).then(|| (k.narrow(2, 0, lens[h]), v.narrow(2, 0, lens[h])))
+                    })
+                    .collect();
+                ragged_or_dense(heads)
+            }
         };
     }
 
     /// Bytes held by the key and value tensors (element count × element size).
     pub fn bytes(&self) -> usize {
-        self.kv
-            .as_ref()
-            .map_or(0, |(k, v)| tensor_bytes(k) + tensor_bytes(v))
+        match &self.storage {
+            Storage::Empty => 0,
+            Storage::Dense(k, v) => tensor_bytes(k) + tensor_bytes(v),
+            Storage::Ragged(heads) => heads
+                .iter()
+                .flatten()
+                .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
+                .sum(),
+        }
+    }
+
+    /// Causal grouped-query attention of `q` (`[1, h_q, s, d]`, at `q_positions`) over this
+    /// cache; each query head reads only its own KV head's entries. Returns `[1, h_q, s, d]`.
+    pub fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        q_positions: &[usize],
+        options: &AttentionOptions,
+    ) -> Result<Tensor<B, 4>> {
+        match &self.storage {
+            Storage::Empty => Err(CoreError::Invalid {
+                name: "cache",
+                detail: "attention over an empty layer cache".into(),
+            }),
+            Storage::Dense(k, v) => chunked_attention(
+                q,
+                k.clone(),
+                v.clone(),
+                q_positions,
+                &self.positions,
+                options,
+            ),
+            Storage::Ragged(heads) => {
+                let [_, h_q, _, _] = q.dims();
+                let h_kv = heads.len();
+                if h_kv == 0 || h_q % h_kv != 0 {
+                    return Err(CoreError::Shape {
+                        context: "LayerCache::attend",
+                        detail: format!("{h_q} query heads over {h_kv} KV heads"),
+                    });
+                }
+                let g = h_q / h_kv;
+                let outputs = heads
+                    .iter()
+                    .enumerate()
+                    .map(|(h, head)| {
+                        let Some((k, v)) = head else {
+                            return Err(CoreError::Invalid {
+                                name: "cache",
+                                detail: format!("KV head {h} holds no entry to attend to"),
+                            });
+                        };
+                        chunked_attention(
+                            q.clone().narrow(1, h * g, g),
+                            k.clone(),
+                            v.clone(),
+                            q_positions,
+                            std::slice::from_ref(&self.positions[h]),
+                            options,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(outputs, 1))
+            }
+        }
+    }
+}
+
+/// Entries `indices` of one head's keys/values (`[1, 1, n, d]`); `None` when none is kept.
+fn select_entries<B: Backend>(k: Tensor<B, 4>, v: Tensor<B, 4>, indices: &[usize]) -> HeadKv<B> {
+    if indices.is_empty() {
+        return None;
+    }
+    let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [indices.len()]), &k.device());
+    Some((k.select(2, idx.clone()), v.select(2, idx)))
+}
+
+/// Per-head tensors joined into the dense layout when every head holds the same non-zero count.
+fn ragged_or_dense<B: Backend>(heads: Vec<HeadKv<B>>) -> Storage<B> {
+    let lens: Vec<Option<usize>> = heads
+        .iter()
+        .map(|h| h.as_ref().map(|(k, _)| k.dims()[2]))
+        .collect();
+    if lens.iter().all(Option::is_none) {
+        return Storage::Empty;
+    }
+    if lens.iter().all(|l| l.is_some() && *l == lens[0]) {
+        let (ks, vs): (Vec<_>, Vec<_>) = heads.into_iter().flatten().unzip();
+        return Storage::Dense(Tensor::cat(ks, 1), Tensor::cat(vs, 1));
+    }
+    Storage::Ragged(heads)
+}
+
+fn ragged_error(what: &str) -> CoreError {
+    CoreError::Invalid {
+        name: "cache layout",
+        detail: format!(
+            "{what} needs every KV head to hold the same number of entries, but a head-wise \
+             press (adakv, critical_adakv) left different counts; apply head-wise presses last"
+        ),
     }
 }
 
@@ -225,15 +484,39 @@ impl<B: Backend> KvCache<B> {
         self.layers.get_mut(l)
     }
 
-    /// Entries per layer (each KV head of a layer keeps the same count in the dense layout).
+    /// Entries held by the longest head of each layer.
     pub fn lengths(&self) -> Vec<usize> {
         self.layers.iter().map(LayerCache::len).collect()
     }
 
-    /// Truncates every layer to the matching length of `lengths`.
-    pub fn truncate_to(&mut self, lengths: &[usize]) {
-        for (layer, &len) in self.layers.iter_mut().zip(lengths) {
-            layer.truncate(len);
+    /// Entries held by each KV head of each layer (`[layer][head]`).
+    pub fn tokens_per_head(&self) -> Vec<Vec<usize>> {
+        self.layers
+            .iter()
+            .map(LayerCache::tokens_per_head)
+            .collect()
+    }
+
+    /// Entries held by all heads of all layers.
+    pub fn entries(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(LayerCache::positions)
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// The position the next token takes (layer 0's [`LayerCache::next_position`]): the
+    /// uncompressed context length, or the kept length when a press re-rotated the keys.
+    pub fn next_position(&self) -> usize {
+        self.layers.first().map_or(0, LayerCache::next_position)
+    }
+
+    /// Truncates every head of every layer to the matching entry of `lengths`
+    /// (`[layer][head]`, as [`KvCache::tokens_per_head`] returns).
+    pub fn truncate_to(&mut self, lengths: &[Vec<usize>]) {
+        for (layer, lens) in self.layers.iter_mut().zip(lengths) {
+            layer.truncate(lens);
         }
     }
 
@@ -263,9 +546,9 @@ mod tests {
         cache.append(k2.clone(), k2, &[5, 6]).expect("append");
         assert_eq!(cache.len(), 7);
         assert_eq!(cache.bytes(), 2 * 3 * 7 * 8 * 4);
-        cache.truncate(5);
+        cache.truncate(&[5, 5, 5]);
         assert_eq!(cache.positions()[2], vec![0, 1, 2, 3, 4]);
-        let (keys, _) = cache.keys_values().expect("not empty");
+        let (keys, _) = cache.keys_values().expect("dense").expect("not empty");
         let diff = (keys.clone() - k).abs().max().into_scalar();
         assert_eq!(diff, 0.0);
     }
@@ -284,17 +567,13 @@ mod tests {
             .expect("append");
         cache.keep(&[vec![0, 3], vec![1, 2]]).expect("keep");
         assert_eq!(cache.positions(), &[vec![10, 13], vec![11, 12]]);
-        let (keys, _) = cache.keys_values().expect("kept");
+        let (keys, _) = cache.keys_values().expect("dense").expect("kept");
         let got: Vec<f32> = keys.clone().into_data().to_vec().expect("f32");
         assert_eq!(
             got,
             vec![0., 0., 0., 3., 3., 3., 101., 101., 101., 102., 102., 102.]
         );
         assert_eq!(cache.bytes(), 2 * 2 * 2 * 3 * 4);
-        assert!(
-            cache.keep(&[vec![0], vec![0, 1]]).is_err(),
-            "ragged selections are refused"
-        );
         assert!(
             cache.keep(&[vec![0, 9], vec![0, 1]]).is_err(),
             "indices past the end are refused"
@@ -307,5 +586,130 @@ mod tests {
         let mut cache = LayerCache::<B>::default();
         let k = Tensor::<B, 4>::zeros([1, 3, 5, 8], &dev);
         assert!(cache.append(k.clone(), k, &[0, 1]).is_err());
+    }
+
+    /// value = head · 100 + position in every channel, `h` heads of `n` entries at 0..n.
+    fn labelled(h: usize, n: usize, d: usize) -> (LayerCache<B>, Tensor<B, 4>) {
+        let dev = Default::default();
+        let data: Vec<f32> = (0..h)
+            .flat_map(|head| {
+                (0..n).flat_map(move |p| std::iter::repeat_n((head * 100 + p) as f32, d))
+            })
+            .collect();
+        let k = Tensor::<B, 4>::from_data(TensorData::new(data, [1, h, n, d]), &dev);
+        let mut cache = LayerCache::<B>::default();
+        let positions: Vec<usize> = (0..n).collect();
+        cache
+            .append(k.clone(), k.clone(), &positions)
+            .expect("append");
+        (cache, k)
+    }
+
+    fn head_values(cache: &LayerCache<B>, h: usize) -> Vec<f32> {
+        cache.head(h).map_or_else(Vec::new, |(k, _)| {
+            let d = k.dims()[3];
+            let all: Vec<f32> = k.into_data().to_vec().expect("f32");
+            all.into_iter().step_by(d).collect()
+        })
+    }
+
+    #[test]
+    fn ragged_keep_frees_the_dropped_entries() {
+        let (h, n, d) = (3, 10, 4);
+        let (mut cache, _) = labelled(h, n, d);
+        cache
+            .keep(&[vec![0, 1, 2, 3, 4, 5, 6], vec![2, 9], vec![]])
+            .expect("ragged keep");
+        assert!(cache.is_ragged());
+        assert_eq!(cache.tokens_per_head(), vec![7, 2, 0]);
+        // 9 entries × (keys + values) × d × 4 bytes: nothing padded
+        assert_eq!(cache.bytes(), 9 * 2 * d * 4);
+        assert_eq!(head_values(&cache, 1), vec![102.0, 109.0]);
+        assert!(cache.head(2).is_none());
+        assert!(
+            cache.keys_values().is_err(),
+            "no dense view of a ragged cache"
+        );
+        // appending gives every head the new token; truncating restores the kept sets
+        let new = Tensor::<B, 4>::full([1, h, 1, d], -1.0, &Default::default());
+        cache.append(new.clone(), new, &[10]).expect("append");
+        assert_eq!(cache.tokens_per_head(), vec![8, 3, 1]);
+        assert_eq!(head_values(&cache, 1), vec![102.0, 109.0, -1.0]);
+        assert_eq!(cache.positions()[2], vec![10]);
+        cache.truncate(&[7, 2, 0]);
+        assert_eq!(cache.tokens_per_head(), vec![7, 2, 0]);
+        assert_eq!(cache.bytes(), 9 * 2 * d * 4);
+        // a second selection that evens the heads out goes back to the dense layout
+        cache.keep(&[vec![5, 6], vec![0, 1], vec![]]).expect("keep");
+        assert!(cache.is_ragged(), "an empty head keeps the ragged layout");
+        let (mut even, _) = labelled(h, n, d);
+        even.keep(&[vec![1, 2], vec![3], vec![4, 5]]).expect("keep");
+        even.keep(&[vec![1], vec![0], vec![0]]).expect("keep");
+        assert!(!even.is_ragged());
+        assert_eq!(head_values(&even, 0), vec![2.0]);
+        assert_eq!(head_values(&even, 2), vec![204.0]);
+    }
+
+    #[test]
+    fn attention_over_a_ragged_cache_equals_attention_over_each_heads_own_entries() {
+        let dev = Default::default();
+        let (h_kv, g, n, d) = (2, 3, 12, 8);
+        let keys = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let values = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let mut cache = LayerCache::<B>::default();
+        let positions: Vec<usize> = (0..n).collect();
+        cache
+            .append(keys.clone(), values.clone(), &positions)
+            .expect("append");
+        let kept = vec![vec![0, 3, 4, 7, 8, 11], vec![2, 5, 10]];
+        cache.keep(&kept).expect("keep");
+        assert!(cache.is_ragged());
+        let q = Tensor::<B, 4>::random([1, h_kv * g, 2, d], Distribution::Normal(0.0, 1.0), &dev);
+        let q_positions = [n, n + 1];
+        let opts = AttentionOptions::new(0.4);
+        // the two query tokens join the cache first, as in a forward
+        let new_k = Tensor::<B, 4>::random([1, h_kv, 2, d], Distribution::Normal(0.0, 1.0), &dev);
+        let new_v = Tensor::<B, 4>::random([1, h_kv, 2, d], Distribution::Normal(0.0, 1.0), &dev);
+        cache
+            .append(new_k.clone(), new_v.clone(), &q_positions)
+            .expect("append");
+        let got = cache
+            .attend(q.clone(), &q_positions, &opts)
+            .expect("attend");
+        for (h, idx) in kept.iter().enumerate() {
+            // reference: this head's kept entries plus the new ones, computed on their own
+            let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &dev);
+            let hk = Tensor::cat(
+                vec![
+                    keys.clone().narrow(1, h, 1).select(2, ids.clone()),
+                    new_k.clone().narrow(1, h, 1),
+                ],
+                2,
+            );
+            let hv = Tensor::cat(
+                vec![
+                    values.clone().narrow(1, h, 1).select(2, ids),
+                    new_v.clone().narrow(1, h, 1),
+                ],
+                2,
+            );
+            let mut kp: Vec<usize> = idx.clone();
+            kp.extend(q_positions);
+            let want = chunked_attention(
+                q.clone().narrow(1, h * g, g),
+                hk,
+                hv,
+                &q_positions,
+                &[kp],
+                &opts,
+            )
+            .expect("reference");
+            let diff = (got.clone().narrow(1, h * g, g) - want)
+                .abs()
+                .max()
+                .into_scalar();
+            assert!(diff < 1e-6, "head {h}: {diff}");
+        }
     }
 }

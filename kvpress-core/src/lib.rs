@@ -20,5 +20,8 @@ pub mod rope;
 
 pub use cache::{KvCache, LayerCache};
 pub use error::CoreError;
-pub use press::{LayerInputs, Press, Scorer, ScorerPress, keep_top_scored, top_scored_indices};
+pub use press::{
+    AttentionWeights, HostScores, LayerInputs, Press, Scorer, ScorerPress, host_scores,
+    keep_top_scored, top_k_flattened, top_scored_indices,
+};
 pub use rope::{RopeScaling, RotaryEmbedding};

@@ -34,7 +34,32 @@ pub struct LayerInputs<'a, B: Backend> {
     pub positions: &'a [usize],
     /// The model's rotary embedding, to evaluate RoPE at any position.
     pub rope: &'a RotaryEmbedding,
+    /// The layer's projection weights.
+    pub weights: AttentionWeights<'a, B>,
 }
+
+/// The projection weights of one attention layer, in the `[in, out]` layout (`y = x · W`).
+///
+/// # Shapes
+/// - `q_proj`: `[hidden, h_q · d]`, `k_proj`: `[hidden, h_kv · d]`
+/// - `o_proj`: `[h_q · d, hidden]` (rows `h·d .. (h+1)·d` read query head `h`'s output)
+#[derive(Debug)]
+pub struct AttentionWeights<'a, B: Backend> {
+    /// W_Q.
+    pub q_proj: &'a Tensor<B, 2>,
+    /// W_K.
+    pub k_proj: &'a Tensor<B, 2>,
+    /// W_O.
+    pub o_proj: &'a Tensor<B, 2>,
+}
+
+impl<B: Backend> Clone for AttentionWeights<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for AttentionWeights<'_, B> {}
 
 /// A KV-cache compression method applied layer by layer during prefill.
 pub trait Press<B: Backend>: Send + Sync {
@@ -80,22 +105,113 @@ pub fn check_ratio(ratio: f64) -> Result<()> {
 /// order. Entries flagged in `protected` (empty: none) rank above all others; ties go to the
 /// lower index. `scores` is `h_kv` rows of `n`.
 pub fn top_k_per_head(scores: &[Vec<f32>], protected: &[bool], k: usize) -> Vec<Vec<usize>> {
-    let is_protected = |i: usize| protected.get(i).copied().unwrap_or(false);
     scores
         .iter()
         .map(|row| {
-            let mut idx: Vec<usize> = (0..row.len()).collect();
-            idx.sort_by(|&a, &b| {
-                is_protected(b)
-                    .cmp(&is_protected(a))
-                    .then(row[b].total_cmp(&row[a]))
-                    .then(a.cmp(&b))
-            });
+            let mut idx = ranked(row, protected);
             idx.truncate(k.min(row.len()));
             idx.sort_unstable();
             idx
         })
         .collect()
+}
+
+/// Indices of `row` from the most to the least worth keeping: flagged entries of `forced`
+/// (missing flags: false) first, then by descending score, ties to the lower index.
+pub fn ranked(row: &[f32], forced: &[bool]) -> Vec<usize> {
+    let is_forced = |i: usize| forced.get(i).copied().unwrap_or(false);
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| {
+        is_forced(b)
+            .cmp(&is_forced(a))
+            .then(row[b].total_cmp(&row[a]))
+            .then(a.cmp(&b))
+    });
+    idx
+}
+
+/// The head-wise budget step shared by AdaKV-style presses: over all heads of a layer
+/// together, keeps the `total` best entries — `forced[h][i]` first, then the highest
+/// `scores[h][i]`, ties to the lower position and then the lower head — and returns each head's
+/// kept indices in ascending order. Heads may end up with different counts.
+pub fn top_k_flattened(scores: &[Vec<f32>], forced: &[Vec<bool>], total: usize) -> Vec<Vec<usize>> {
+    let is_forced = |h: usize, i: usize| {
+        forced
+            .get(h)
+            .and_then(|f| f.get(i))
+            .copied()
+            .unwrap_or(false)
+    };
+    let mut all: Vec<(usize, usize)> = scores
+        .iter()
+        .enumerate()
+        .flat_map(|(h, row)| (0..row.len()).map(move |i| (h, i)))
+        .collect();
+    all.sort_by(|&(ha, a), &(hb, b)| {
+        is_forced(hb, b)
+            .cmp(&is_forced(ha, a))
+            .then(scores[hb][b].total_cmp(&scores[ha][a]))
+            .then(a.cmp(&b))
+            .then(ha.cmp(&hb))
+    });
+    let mut kept = vec![Vec::new(); scores.len()];
+    for &(h, i) in all.iter().take(total) {
+        kept[h].push(i);
+    }
+    for head in &mut kept {
+        head.sort_unstable();
+    }
+    kept
+}
+
+/// Scores of one layer read back to the host: `h_kv` rows of `n`, and the scorer's protected
+/// mask (`n` flags shared by all heads, empty: none).
+pub struct HostScores {
+    /// `[h_kv][n]` scores, higher = keep.
+    pub rows: Vec<Vec<f32>>,
+    /// Entries always kept.
+    pub protected: Vec<bool>,
+}
+
+impl HostScores {
+    /// The protected mask as one row per head (what [`top_k_flattened`] takes).
+    pub fn protected_per_head(&self) -> Vec<Vec<bool>> {
+        let n = self.rows.first().map_or(0, Vec::len);
+        let row: Vec<bool> = (0..n)
+            .map(|i| self.protected.get(i).copied().unwrap_or(false))
+            .collect();
+        vec![row; self.rows.len()]
+    }
+}
+
+/// Runs `scorer` on keys/values `[1, h_kv, n, d]` and reads its scores back to the host.
+pub fn host_scores<B: Backend, S: Scorer<B> + ?Sized>(
+    scorer: &S,
+    inputs: &LayerInputs<'_, B>,
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
+) -> Result<HostScores> {
+    let [_, h_kv, n, _] = keys.dims();
+    let scores = scorer.score(inputs, keys, values)?;
+    if scores.dims() != [1, h_kv, n] {
+        return Err(crate::error::CoreError::Shape {
+            context: "Scorer::score",
+            detail: format!("scores {:?} for {h_kv} heads × {n} entries", scores.dims()),
+        });
+    }
+    let flat = to_host(scores)?;
+    Ok(HostScores {
+        rows: flat.chunks(n.max(1)).map(<[f32]>::to_vec).collect(),
+        protected: scorer.protected(inputs, n)?,
+    })
+}
+
+/// A tensor's values as host `f32`s.
+pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| crate::error::CoreError::Data(format!("{e:?}")))
 }
 
 /// Any [`Scorer`] as a press: keeps the top `max(1, ⌊n·(1 − ratio)⌋)` entries of every KV head.
@@ -139,22 +255,13 @@ pub fn top_scored_indices<B: Backend, S: Scorer<B> + ?Sized>(
     values: &Tensor<B, 4>,
     budget: impl FnOnce(usize) -> usize,
 ) -> Result<Vec<Vec<usize>>> {
-    let [_, h_kv, n, _] = keys.dims();
-    let scores = scorer.score(inputs, keys, values)?;
-    if scores.dims() != [1, h_kv, n] {
-        return Err(crate::error::CoreError::Shape {
-            context: "Scorer::score",
-            detail: format!("scores {:?} for {h_kv} heads × {n} entries", scores.dims()),
-        });
-    }
-    let flat: Vec<f32> = scores
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| crate::error::CoreError::Data(format!("{e:?}")))?;
-    let rows: Vec<Vec<f32>> = flat.chunks(n).map(<[f32]>::to_vec).collect();
-    let protected = scorer.protected(inputs, n)?;
-    Ok(top_k_per_head(&rows, &protected, budget(n).clamp(1, n)))
+    let n = keys.dims()[2];
+    let scores = host_scores(scorer, inputs, keys, values)?;
+    Ok(top_k_per_head(
+        &scores.rows,
+        &scores.protected,
+        budget(n).clamp(1, n),
+    ))
 }
 
 /// Scores the layer with `scorer` and keeps [`top_scored_indices`] in every KV head.
@@ -164,7 +271,7 @@ pub fn keep_top_scored<B: Backend, S: Scorer<B> + ?Sized>(
     cache: &mut LayerCache<B>,
     budget: impl FnOnce(usize) -> usize,
 ) -> Result<()> {
-    let Some((keys, values)) = cache.keys_values() else {
+    let Some((keys, values)) = cache.keys_values()? else {
         return Ok(());
     };
     let kept = top_scored_indices(scorer, inputs, keys, values, budget)?;
@@ -195,6 +302,25 @@ mod tests {
             top_k_per_head(&scores, &protected, 2),
             vec![vec![1, 4], vec![0, 4]]
         );
+    }
+
+    #[test]
+    fn flattened_budget_goes_to_the_best_entries_of_any_head() {
+        let scores = vec![vec![0.9, 0.8, 0.7, 0.1], vec![0.2, 0.3, 0.95, 0.0]];
+        // 4 of 8: 0.95 (h1), 0.9, 0.8, 0.7 (h0)
+        assert_eq!(
+            top_k_flattened(&scores, &[], 4),
+            vec![vec![0, 1, 2], vec![2]]
+        );
+        // forcing h1's two lowest entries takes two slots first
+        let forced = vec![vec![false; 4], vec![false, false, true, true]];
+        assert_eq!(
+            top_k_flattened(&scores, &forced, 4),
+            vec![vec![0, 1], vec![2, 3]]
+        );
+        // ties: lower position first, then lower head
+        let ties = vec![vec![0.5, 0.5], vec![0.5, 0.5]];
+        assert_eq!(top_k_flattened(&ties, &[], 3), vec![vec![0, 1], vec![0]]);
     }
 
     #[test]

@@ -261,6 +261,45 @@ impl RotaryEmbedding {
         Tensor::from_data(TensorData::new(r, [d, d]), device)
     }
 
+    /// Rotates already-rotated keys `[1, h, n, d]` by a further `deltas[h][i]` positions
+    /// (negative: back), so that a key rotated for position `p` becomes the key for `p + Δ`:
+    /// `k·cos(Δθ) + rotate_half(k)·sin(Δθ)`. The angle is formed in f32 as torch does; the
+    /// attention scaling is not applied again (it is already inside the key).
+    pub fn rotate_keys<B: Backend>(
+        &self,
+        keys: Tensor<B, 4>,
+        deltas: &[Vec<i64>],
+    ) -> Result<Tensor<B, 4>> {
+        let [b, h, n, d] = keys.dims();
+        if b != 1 || d != self.head_dim || deltas.len() != h || deltas.iter().any(|r| r.len() != n)
+        {
+            return Err(CoreError::Shape {
+                context: "RotaryEmbedding::rotate_keys",
+                detail: format!("keys {:?} with {} delta rows", keys.dims(), deltas.len()),
+            });
+        }
+        let half = d / 2;
+        let mut cos = vec![0f32; h * n * d];
+        let mut sin = vec![0f32; h * n * d];
+        for (row, &delta) in deltas.iter().flatten().enumerate() {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (s, c) = ((delta as f32 * f) as f64).sin_cos();
+                let base = row * d;
+                cos[base + i] = c as f32;
+                cos[base + half + i] = c as f32;
+                sin[base + i] = s as f32;
+                sin[base + half + i] = s as f32;
+            }
+        }
+        let device = keys.device();
+        let cos = Tensor::<B, 4>::from_data(TensorData::new(cos, [1, h, n, d]), &device);
+        let sin = Tensor::<B, 4>::from_data(TensorData::new(sin, [1, h, n, d]), &device);
+        let x1 = keys.clone().narrow(3, 0, half);
+        let x2 = keys.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        Ok(keys * cos + rotated * sin)
+    }
+
     /// The `[d, d]` matrix `R` with `x·R = rotate_half(x) = [−x2; x1]` for a row vector `x`.
     pub fn rotate_half_matrix<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
         let d = self.head_dim;
@@ -417,5 +456,45 @@ mod tests {
     #[test]
     fn rejects_odd_head_dim() {
         assert!(RotaryEmbedding::new(7, 10000.0, &RopeScaling::None).is_err());
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn rotating_keys_by_a_delta_equals_rope_at_the_new_position() {
+        use burn::backend::Flex;
+        use burn::tensor::Distribution;
+        let dev = Default::default();
+        for scaling in [
+            RopeScaling::None,
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 64.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: None,
+                mscale: None,
+                mscale_all_dim: None,
+                truncate: true,
+            },
+        ] {
+            let rope = RotaryEmbedding::new(16, 10000.0, &scaling).expect("rope");
+            let raw =
+                Tensor::<Flex, 4>::random([1, 1, 5, 16], Distribution::Normal(0.0, 1.0), &dev);
+            let old = [3usize, 9, 10, 40, 41];
+            let new = [0usize, 1, 2, 3, 4];
+            let (c, s) = rope.cos_sin::<Flex>(&old, &dev);
+            let at_old = RotaryEmbedding::apply(raw.clone(), &c, &s);
+            let (c, s) = rope.cos_sin::<Flex>(&new, &dev);
+            let want = RotaryEmbedding::apply(raw, &c, &s);
+            let deltas = vec![
+                new.iter()
+                    .zip(&old)
+                    .map(|(&a, &b)| a as i64 - b as i64)
+                    .collect(),
+            ];
+            let got = rope.rotate_keys(at_old, &deltas).expect("rotate");
+            let diff = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-5, "{scaling:?}: {diff}");
+        }
     }
 }

@@ -5,8 +5,8 @@
 //! Tensor names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, …).
 
 use burn::tensor::{Int, Tensor, TensorData, activation::silu, backend::Backend};
-use kvpress_core::attention::{AttentionOptions, chunked_attention};
-use kvpress_core::{KvCache, LayerCache, LayerInputs, Press, RotaryEmbedding};
+use kvpress_core::attention::AttentionOptions;
+use kvpress_core::{AttentionWeights, KvCache, LayerCache, LayerInputs, Press, RotaryEmbedding};
 
 use crate::config::{Architecture, LlamaConfig};
 use crate::error::{ModelError, Result};
@@ -403,17 +403,7 @@ impl<B: Backend> Llama<B> {
             let attn = &layer.self_attn;
             let p = attn.project(h.clone(), &tables);
             layer_cache.append(p.keys, p.values, positions)?;
-            let (kc, vc) = layer_cache
-                .keys_values()
-                .ok_or_else(|| ModelError::Input("cache is empty after append".into()))?;
-            let out = chunked_attention(
-                p.queries.clone(),
-                kc.clone(),
-                vc.clone(),
-                positions,
-                layer_cache.positions(),
-                &self.attention,
-            )?;
+            let out = layer_cache.attend(p.queries.clone(), positions, &self.attention)?;
             let out = out
                 .swap_dims(1, 2)
                 .reshape([1, s, attn.n_heads * attn.head_dim]);
@@ -427,6 +417,11 @@ impl<B: Backend> Llama<B> {
                     queries_pre_rope: &p.queries_pre_rope,
                     positions,
                     rope: &self.rope,
+                    weights: AttentionWeights {
+                        q_proj: &attn.q_proj.weight,
+                        k_proj: &attn.k_proj.weight,
+                        o_proj: &attn.o_proj.weight,
+                    },
                 };
                 press.compress(&inputs, layer_cache)?;
             }

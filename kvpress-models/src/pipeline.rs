@@ -21,10 +21,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use kvpress_core::{KvCache, Press};
+use kvpress_core::{KvCache, LayerCache, LayerInputs, Press};
 
 use crate::ChatMessage;
 use crate::error::{ModelError, Result};
@@ -85,12 +86,19 @@ pub struct Output {
     pub answers: Vec<String>,
     /// Context tokens after truncation.
     pub context_tokens: usize,
-    /// Entries per layer after compression.
+    /// Entries held by the longest KV head of each layer after compression.
     pub cache_lengths: Vec<usize>,
-    /// Bytes the compressed cache holds.
+    /// Entries held by each KV head of each layer (`[layer][head]`) after compression.
+    pub tokens_per_head: Vec<Vec<usize>>,
+    /// Bytes the compressed cache holds (measured on its tensors).
     pub cache_bytes: usize,
+    /// Bytes the cache would hold without compression: the measured bytes per entry times
+    /// the `layers × kv_heads × context_tokens` entries of an uncompressed prefill.
+    pub uncompressed_bytes: usize,
     /// Prefill (with compression) seconds.
     pub prefill_seconds: f64,
+    /// Seconds spent inside the press (part of `prefill_seconds`).
+    pub press_seconds: f64,
     /// Seconds spent answering all questions.
     pub answer_seconds: f64,
 }
@@ -192,10 +200,26 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             )));
         }
         let start = Instant::now();
-        let mut cache = self.prefill(&prompt.context_ids, press)?;
+        let timed = press.map(TimedPress::new);
+        let mut cache = self.prefill(
+            &prompt.context_ids,
+            timed.as_ref().map(|t| t as &dyn Press<B>),
+        )?;
         let prefill_seconds = start.elapsed().as_secs_f64();
-        let cache_lengths = cache.lengths();
+        let press_seconds = timed.as_ref().map_or(0.0, TimedPress::seconds);
+        let tokens_per_head = cache.tokens_per_head();
         let cache_bytes = cache.bytes();
+        let entries = cache.entries();
+        let full_entries =
+            self.model.config().num_hidden_layers * self.model.config().num_kv_heads() * n;
+        let uncompressed_bytes = if entries == 0 {
+            0
+        } else {
+            (cache_bytes as f64 / entries as f64 * full_entries as f64).round() as usize
+        };
+        // Questions continue after the uncompressed context, or after the kept entries when a
+        // press re-rotated them to 0..kept (key_rerotation).
+        let question_start = cache.next_position();
         let options = GenerationOptions {
             max_new_tokens: request.max_new_tokens,
             eos_token_ids: self.eos_token_ids.clone(),
@@ -205,18 +229,63 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         let start = Instant::now();
         let mut answers = Vec::with_capacity(prompt.question_ids.len());
         for question in &prompt.question_ids {
-            let generation =
-                continue_generation(self.model, &mut cache, question, n, &options, false)?;
+            let generation = continue_generation(
+                self.model,
+                &mut cache,
+                question,
+                question_start,
+                &options,
+                false,
+            )?;
             answers.push(self.tokenizer.decode(&generation.tokens, true)?);
-            cache.truncate_to(&cache_lengths);
+            cache.truncate_to(&tokens_per_head);
         }
         Ok(Output {
             answers,
             context_tokens: n,
-            cache_lengths,
+            cache_lengths: tokens_per_head
+                .iter()
+                .map(|h| h.iter().copied().max().unwrap_or(0))
+                .collect(),
+            tokens_per_head,
             cache_bytes,
+            uncompressed_bytes,
             prefill_seconds,
+            press_seconds,
             answer_seconds: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// A press that measures the time spent inside another.
+struct TimedPress<'a, B: Backend> {
+    inner: &'a dyn Press<B>,
+    nanos: AtomicU64,
+}
+
+impl<'a, B: Backend> TimedPress<'a, B> {
+    fn new(inner: &'a dyn Press<B>) -> Self {
+        Self {
+            inner,
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+}
+
+impl<B: Backend> Press<B> for TimedPress<'_, B> {
+    fn compress(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        cache: &mut LayerCache<B>,
+    ) -> kvpress_core::error::Result<()> {
+        let start = Instant::now();
+        let result = self.inner.compress(inputs, cache);
+        let spent = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(spent, Ordering::Relaxed);
+        result
     }
 }

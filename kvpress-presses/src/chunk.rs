@@ -45,7 +45,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Chunk<S> {
                 detail: "must be positive".into(),
             });
         }
-        let Some((keys, values)) = cache.keys_values() else {
+        let Some((keys, values)) = cache.keys_values()? else {
             return Ok(());
         };
         let [_, h_kv, n, _] = keys.dims();
@@ -66,6 +66,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Chunk<S> {
                 queries_pre_rope: &pre,
                 positions: &positions,
                 rope: inputs.rope,
+                weights: inputs.weights,
             };
             let (k, v) = (
                 keys.clone().narrow(2, start, len),

@@ -9,12 +9,21 @@
 
 pub use kvpress_core::{LayerInputs, Press};
 
+pub mod adakv;
+pub mod block;
 pub mod chunk;
+pub mod chunkkv;
 pub mod composed;
+pub mod critical_adakv;
+pub mod critical_kv;
 pub mod expected_attention;
 pub mod expr;
+pub mod key_rerotation;
 pub mod keydiff;
 pub mod knorm;
+pub mod lagkv;
+pub mod observed_attention;
+pub mod per_layer_compression;
 pub mod pyramidkv;
 pub mod random;
 pub mod snapkv;

@@ -2,7 +2,9 @@
 
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
-use kvpress_core::{LayerCache, LayerInputs, Press, RopeScaling, RotaryEmbedding};
+use kvpress_core::{
+    AttentionWeights, LayerCache, LayerInputs, Press, RopeScaling, RotaryEmbedding,
+};
 
 /// Random keys, queries and hidden states of one layer (batch 1).
 pub struct Fixture {
@@ -16,6 +18,16 @@ pub struct Fixture {
     pub positions: Vec<usize>,
     /// RoPE of head dimension `d`.
     pub rope: RotaryEmbedding,
+    /// W_Q `[8, h_q·d]`, W_K `[8, h_kv·d]`, W_O `[h_q·d, 8]`.
+    pub w_q: Tensor<Flex, 2>,
+    /// W_K.
+    pub w_k: Tensor<Flex, 2>,
+    /// W_O.
+    pub w_o: Tensor<Flex, 2>,
+    /// The layer index the inputs report (0).
+    pub layer: usize,
+    /// The layer count the inputs report (1).
+    pub num_layers: usize,
 }
 
 impl Fixture {
@@ -28,19 +40,29 @@ impl Fixture {
             hidden: Tensor::random([1, n, 8], Distribution::Normal(0.0, 1.0), &dev),
             positions: (0..n).collect(),
             rope: RotaryEmbedding::new(d, 10000.0, &RopeScaling::None).expect("rope"),
+            w_q: Tensor::random([8, h_kv * g * d], Distribution::Normal(0.0, 1.0), &dev),
+            w_k: Tensor::random([8, h_kv * d], Distribution::Normal(0.0, 1.0), &dev),
+            w_o: Tensor::random([h_kv * g * d, 8], Distribution::Normal(0.0, 1.0), &dev),
+            layer: 0,
+            num_layers: 1,
         }
     }
 
     /// The press inputs of this fixture.
     pub fn inputs(&self) -> LayerInputs<'_, Flex> {
         LayerInputs {
-            layer: 0,
-            num_layers: 1,
+            layer: self.layer,
+            num_layers: self.num_layers,
             hidden_states: &self.hidden,
             queries: &self.queries,
             queries_pre_rope: &self.queries,
             positions: &self.positions,
             rope: &self.rope,
+            weights: AttentionWeights {
+                q_proj: &self.w_q,
+                k_proj: &self.w_k,
+                o_proj: &self.w_o,
+            },
         }
     }
 }
