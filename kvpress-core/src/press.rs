@@ -84,6 +84,27 @@ pub trait Scorer<B: Backend>: Send + Sync {
     }
 }
 
+impl<B: Backend, S: Scorer<B> + ?Sized> Scorer<B> for Box<S> {
+    fn score(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        keys: &Tensor<B, 4>,
+        values: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>> {
+        (**self).score(inputs, keys, values)
+    }
+
+    fn protected(&self, inputs: &LayerInputs<'_, B>, n: usize) -> Result<Vec<bool>> {
+        (**self).protected(inputs, n)
+    }
+}
+
+impl<B: Backend, P: Press<B> + ?Sized> Press<B> for Box<P> {
+    fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
+        (**self).compress(inputs, cache)
+    }
+}
+
 /// Entries kept out of `n` at compression ratio `ratio`: `max(1, ⌊n·(1 − ratio)⌋)` (kvpress 0.5.5).
 pub fn kept_count(n: usize, ratio: f64) -> usize {
     ((n as f64 * (1.0 - ratio)) as usize).max(1).min(n)

@@ -128,10 +128,7 @@ mod tests {
     #[test]
     fn the_ragged_cache_holds_only_the_kept_entries() {
         let f = Fixture::new(1, 2, 10, 4);
-        let scores = Fixed(vec![
-            vec![1.0; 10],
-            (0..10).map(|i| -(i as f32)).collect(),
-        ]);
+        let scores = Fixed(vec![vec![1.0; 10], (0..10).map(|i| -(i as f32)).collect()]);
         let mut cache = LayerCache::default();
         cache
             .append(f.keys.clone(), f.keys.clone(), &f.positions)

@@ -26,6 +26,7 @@ pub mod observed_attention;
 pub mod per_layer_compression;
 pub mod pyramidkv;
 pub mod random;
+pub mod registry;
 pub mod snapkv;
 pub mod streaming_llm;
 #[cfg(all(test, feature = "flex"))]

@@ -1,0 +1,894 @@
+//! Every press by name, and the builder that turns a press expression ([`crate::expr`]) into a
+//! press.
+//!
+//! Names and defaults are kvpress 0.5.5's. Three kinds of names exist:
+//! - **scorers** (`knorm`, `snapkv`, …) score entries; alone they make a top-k press, and they
+//!   are what the wrappers take as their first argument;
+//! - **wrappers** (`adakv`, `chunk`, …) take a scorer and decide how its scores are used;
+//! - **presses** (`pyramidkv`, `think`, `composed`) stand on their own.
+//!
+//! The compression ratio given to [`build`] (the command line's `--compression-ratio`) belongs
+//! to the outer press, as in kvpress; in `composed(...)` it goes to every member that does not
+//! set `compression_ratio=` itself. `think` takes it as its `key_channel_compression_ratio`.
+
+use burn::tensor::backend::Backend;
+use kvpress_core::error::CoreError;
+use kvpress_core::{Press, Scorer, ScorerPress};
+
+use crate::adakv::AdaKv;
+use crate::block::Block;
+use crate::chunk::Chunk;
+use crate::chunkkv::ChunkKv;
+use crate::composed::Composed;
+use crate::critical_adakv::CriticalAdaKv;
+use crate::critical_kv::CriticalKv;
+use crate::expected_attention::ExpectedAttention;
+use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
+use crate::key_rerotation::KeyRerotation;
+use crate::keydiff::KeyDiff;
+use crate::knorm::Knorm;
+use crate::lagkv::LagKv;
+use crate::observed_attention::ObservedAttention;
+use crate::per_layer_compression::PerLayerCompression;
+use crate::pyramidkv::PyramidKv;
+use crate::random::RandomScores;
+use crate::snapkv::SnapKv;
+use crate::streaming_llm::StreamingLlm;
+use crate::think::Think;
+use crate::tova::Tova;
+
+/// What a name stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Scores entries; a top-k press on its own, or the argument of a wrapper.
+    Scorer,
+    /// Takes a scorer as its first argument.
+    Wrapper,
+    /// A press of its own.
+    Press,
+}
+
+/// One keyword parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    /// Keyword.
+    pub name: &'static str,
+    /// Default, as written in an expression (`required` when there is none).
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// One entry of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct PressInfo {
+    /// Name in expressions.
+    pub name: &'static str,
+    /// Scorer, wrapper or press.
+    pub kind: Kind,
+    /// One line on what it does.
+    pub summary: &'static str,
+    /// Keyword parameters (besides `compression_ratio`, which every scorer and wrapper takes).
+    pub params: &'static [Param],
+}
+
+const fn param(name: &'static str, default: &'static str, doc: &'static str) -> Param {
+    Param { name, default, doc }
+}
+
+/// Every press this crate provides.
+pub const CATALOGUE: &[PressInfo] = &[
+    PressInfo {
+        name: "knorm",
+        kind: Kind::Scorer,
+        summary: "keeps the keys with the smallest L2 norm",
+        params: &[],
+    },
+    PressInfo {
+        name: "snapkv",
+        kind: Kind::Scorer,
+        summary: "attention paid by the last window_size tokens, average-pooled; the window is kept",
+        params: &[
+            param("window_size", "64", "observation window (always kept)"),
+            param("kernel_size", "5", "width of the average pool (odd)"),
+        ],
+    },
+    PressInfo {
+        name: "expected_attention",
+        kind: Kind::Scorer,
+        summary: "attention expected from future queries modelled as a Gaussian, times the value norm",
+        params: &[
+            param(
+                "n_future_positions",
+                "512",
+                "future positions the RoPE rotation is averaged over",
+            ),
+            param("n_sink", "4", "first tokens always kept"),
+            param(
+                "use_covariance",
+                "true",
+                "include the query covariance term",
+            ),
+            param("use_vnorm", "true", "weight by the value norm"),
+            param(
+                "epsilon",
+                "0.0",
+                "added to the attention before the value weighting",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "streaming_llm",
+        kind: Kind::Scorer,
+        summary: "keeps the first n_sink tokens and the most recent ones",
+        params: &[param("n_sink", "4", "first tokens always kept")],
+    },
+    PressInfo {
+        name: "tova",
+        kind: Kind::Scorer,
+        summary: "attention of the last token averaged over all heads (same tokens in every head)",
+        params: &[],
+    },
+    PressInfo {
+        name: "observed_attention",
+        kind: Kind::Scorer,
+        summary: "attention each key received during prefill, per query that could see it (H2O)",
+        params: &[],
+    },
+    PressInfo {
+        name: "random",
+        kind: Kind::Scorer,
+        summary: "uniform random scores (a baseline), reproducible from the seed",
+        params: &[param("seed", "0", "random seed")],
+    },
+    PressInfo {
+        name: "keydiff",
+        kind: Kind::Scorer,
+        summary: "keeps the keys least similar to the mean key direction",
+        params: &[],
+    },
+    PressInfo {
+        name: "lagkv",
+        kind: Kind::Scorer,
+        summary: "keeps tokens whose channels vary most relative to the next partition's range",
+        params: &[
+            param("n_sink", "4", "first tokens always kept"),
+            param("lag_size", "128", "partition length"),
+            param(
+                "cross_scoring",
+                "false",
+                "keep softmax scores instead of ranks",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "adakv",
+        kind: Kind::Wrapper,
+        summary: "head-wise budgets: all heads of a layer compete for its budget (memory really freed)",
+        params: &[param(
+            "alpha_safeguard",
+            "0.2",
+            "share of its even budget every head keeps",
+        )],
+    },
+    PressInfo {
+        name: "critical_kv",
+        kind: Kind::Wrapper,
+        summary: "half the budget by score, the rest by score times the output-projected value norm",
+        params: &[
+            param(
+                "epsilon",
+                "1e-4",
+                "added to the score before the value weighting",
+            ),
+            param(
+                "first_stage_ratio",
+                "0.5",
+                "share of the budget chosen by score alone",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "critical_adakv",
+        kind: Kind::Wrapper,
+        summary: "adakv's head-wise budgets with critical_kv's two-stage selection in each head",
+        params: &[
+            param(
+                "alpha_safeguard",
+                "0.2",
+                "share of its even budget every head keeps",
+            ),
+            param(
+                "epsilon",
+                "1e-4",
+                "added to the score before the value weighting",
+            ),
+            param(
+                "first_stage_ratio",
+                "0.5",
+                "share of each head's budget chosen by score alone",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "per_layer_compression",
+        kind: Kind::Wrapper,
+        summary: "the scorer with its own compression ratio on every layer",
+        params: &[param(
+            "compression_ratios",
+            "required",
+            "one ratio in [0, 1) per layer",
+        )],
+    },
+    PressInfo {
+        name: "chunk",
+        kind: Kind::Wrapper,
+        summary: "scores and selects in fixed chunks, so every part of the context keeps its share",
+        params: &[param("chunk_length", "1024", "tokens per chunk")],
+    },
+    PressInfo {
+        name: "chunkkv",
+        kind: Kind::Wrapper,
+        summary: "keeps whole contiguous chunks, the same in every head",
+        params: &[param("chunk_length", "20", "tokens per chunk")],
+    },
+    PressInfo {
+        name: "block",
+        kind: Kind::Wrapper,
+        summary: "streaming eviction: adds block_size tokens at a time and re-selects",
+        params: &[param("block_size", "128", "tokens added per step")],
+    },
+    PressInfo {
+        name: "key_rerotation",
+        kind: Kind::Wrapper,
+        summary: "re-rotates the kept keys to contiguous positions; the question follows them",
+        params: &[],
+    },
+    PressInfo {
+        name: "pyramidkv",
+        kind: Kind::Press,
+        summary: "snapkv with layer budgets shrinking linearly with depth",
+        params: &[
+            param("window_size", "64", "observation window (always kept)"),
+            param("kernel_size", "5", "width of the average pool (odd)"),
+            param(
+                "beta",
+                "20",
+                "ratio of the largest to the smallest layer budget",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "think",
+        kind: Kind::Press,
+        summary: "zeroes the key channels least used by the recent queries (no token dropped)",
+        params: &[
+            param(
+                "key_channel_compression_ratio",
+                "--compression-ratio",
+                "fraction of key channels zeroed",
+            ),
+            param(
+                "window_size",
+                "32",
+                "recent queries whose energy is measured",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "composed",
+        kind: Kind::Press,
+        summary: "several presses applied one after the other: composed(p1, p2, ...)",
+        params: &[],
+    },
+];
+
+/// The catalogue entry of `name`.
+pub fn info(name: &str) -> Option<&'static PressInfo> {
+    CATALOGUE.iter().find(|p| p.name == name)
+}
+
+/// Builds the press written as `src`, with `compression_ratio` for the outer press.
+///
+/// # Errors
+/// An [`ExprError`] pointing at the bad part: a syntax error, an unknown press or parameter, a
+/// value of the wrong type or range, a press where a scorer is required, a missing ratio.
+pub fn build<B: Backend>(
+    src: &str,
+    compression_ratio: Option<f64>,
+) -> Result<Box<dyn Press<B>>, ExprError> {
+    let expr = parse(src)?;
+    Builder { src }.press(&expr, compression_ratio)
+}
+
+struct Builder<'s> {
+    src: &'s str,
+}
+
+/// The arguments of one press application, checked against its catalogue entry.
+struct Args<'e> {
+    expr: &'e PressExpr,
+    info: &'static PressInfo,
+}
+
+impl Builder<'_> {
+    fn error(&self, message: impl Into<String>, span: Span) -> ExprError {
+        ExprError::new(message, span, self.src)
+    }
+
+    /// Looks `expr` up and checks its keywords.
+    fn args<'e>(&self, expr: &'e PressExpr) -> Result<Args<'e>, ExprError> {
+        let Some(info) = info(&expr.name) else {
+            let names: Vec<&str> = CATALOGUE.iter().map(|p| p.name).collect();
+            return Err(self.error(
+                format!(
+                    "unknown press `{}`; known presses: {} (`kvpress presses` describes them)",
+                    expr.name,
+                    names.join(", ")
+                ),
+                expr.name_span,
+            ));
+        };
+        let takes_ratio = info.name != "composed" && info.name != "per_layer_compression";
+        for (i, arg) in expr.args.iter().enumerate() {
+            match &arg.key {
+                Some(key) => {
+                    let known = info.params.iter().any(|p| p.name == key)
+                        || (takes_ratio && key == "compression_ratio");
+                    if !known {
+                        let mut names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
+                        if takes_ratio {
+                            names.push("compression_ratio");
+                        }
+                        let expected = if names.is_empty() {
+                            "it takes none".to_string()
+                        } else {
+                            format!("expected one of: {}", names.join(", "))
+                        };
+                        return Err(self.error(
+                            format!("`{}` has no parameter `{key}`; {expected}", info.name),
+                            arg.span,
+                        ));
+                    }
+                    if expr.args[..i].iter().any(|a| a.key.as_deref() == Some(key)) {
+                        return Err(self.error(format!("`{key}` is given twice"), arg.span));
+                    }
+                }
+                None => {
+                    let positional_ok = match info.kind {
+                        Kind::Wrapper => i == 0,
+                        Kind::Press => info.name == "composed",
+                        Kind::Scorer => false,
+                    };
+                    if !positional_ok {
+                        let hint = match info.kind {
+                            Kind::Wrapper => {
+                                "only the scorer is positional; name the others, e.g. `chunk_length=512`"
+                            }
+                            _ => "name it, e.g. `window_size=32`",
+                        };
+                        return Err(self.error(
+                            format!("`{}` takes no positional argument here: {hint}", info.name),
+                            arg.span,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Args { expr, info })
+    }
+
+    /// A press: a scorer (top-k), a wrapper or a press of its own.
+    fn press<B: Backend>(
+        &self,
+        expr: &PressExpr,
+        inherited: Option<f64>,
+    ) -> Result<Box<dyn Press<B>>, ExprError> {
+        let args = self.args(expr)?;
+        let name = args.info.name;
+        let at = expr.span;
+        Ok(match args.info.kind {
+            Kind::Scorer => {
+                let ratio = self.ratio(&args, inherited)?;
+                Box::new(self.at(ScorerPress::new(self.scorer::<B>(expr, true)?, ratio), at)?)
+            }
+            Kind::Wrapper => {
+                let scorer = self.inner_scorer::<B>(&args)?;
+                if name == "per_layer_compression" {
+                    let ratios = self.f64_list(&args, "compression_ratios")?;
+                    return Ok(Box::new(
+                        self.at(PerLayerCompression::new(scorer, ratios), at)?,
+                    ));
+                }
+                let ratio = self.ratio(&args, inherited)?;
+                match name {
+                    "adakv" => {
+                        let mut p = self.at(AdaKv::new(scorer, ratio), at)?;
+                        p.alpha_safeguard = self.unit(&args, "alpha_safeguard", 0.2)?;
+                        Box::new(p)
+                    }
+                    "critical_kv" => {
+                        let mut p = self.at(CriticalKv::new(scorer, ratio), at)?;
+                        p.epsilon = self.float(&args, "epsilon", 1e-4)?;
+                        p.first_stage_ratio = self.unit(&args, "first_stage_ratio", 0.5)?;
+                        Box::new(p)
+                    }
+                    "critical_adakv" => {
+                        let mut p = self.at(CriticalAdaKv::new(scorer, ratio), at)?;
+                        p.alpha_safeguard = self.unit(&args, "alpha_safeguard", 0.2)?;
+                        p.epsilon = self.float(&args, "epsilon", 1e-4)?;
+                        p.first_stage_ratio = self.unit(&args, "first_stage_ratio", 0.5)?;
+                        Box::new(p)
+                    }
+                    "chunk" => {
+                        let mut p = self.at(Chunk::new(scorer, ratio), at)?;
+                        p.chunk_length = self.positive(&args, "chunk_length", 1024)?;
+                        Box::new(p)
+                    }
+                    "chunkkv" => {
+                        let mut p = self.at(ChunkKv::new(scorer, ratio), at)?;
+                        p.chunk_length = self.positive(&args, "chunk_length", 20)?;
+                        Box::new(p)
+                    }
+                    "block" => {
+                        let mut p = self.at(Block::new(scorer, ratio), at)?;
+                        p.block_size = self.positive(&args, "block_size", 128)?;
+                        Box::new(p)
+                    }
+                    _ => Box::new(self.at(KeyRerotation::new(scorer, ratio), at)?),
+                }
+            }
+            Kind::Press => match name {
+                "pyramidkv" => {
+                    let mut p = self.at(PyramidKv::new(self.ratio(&args, inherited)?), at)?;
+                    p.snapkv = self.snapkv(&args)?;
+                    p.beta = self.float(&args, "beta", 20.0)?;
+                    if p.beta < 1.0 {
+                        return Err(
+                            self.error("`beta` must be at least 1", self.span_of(&args, "beta"))
+                        );
+                    }
+                    Box::new(p)
+                }
+                "think" => {
+                    let ratio = match self.opt_float(&args, "key_channel_compression_ratio")? {
+                        Some(r) => r,
+                        None => self.ratio(&args, inherited)?,
+                    };
+                    let mut p = self.at(Think::new(ratio), at)?;
+                    p.window_size = self.positive(&args, "window_size", 32)?;
+                    Box::new(p)
+                }
+                _ => {
+                    let members: Vec<&PressExpr> = self.composed_members(&args)?;
+                    let presses = members
+                        .into_iter()
+                        .map(|m| self.press::<B>(m, inherited))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Box::new(Composed { presses })
+                }
+            },
+        })
+    }
+
+    /// The members of `composed(p1, p2, …)` or `composed([p1, p2, …])`.
+    fn composed_members<'e>(&self, args: &Args<'e>) -> Result<Vec<&'e PressExpr>, ExprError> {
+        let mut members = Vec::new();
+        for arg in &args.expr.args {
+            match &arg.value {
+                Value::Press(p) => members.push(p),
+                Value::List(items) => {
+                    for (item, span) in items {
+                        match item {
+                            Value::Press(p) => members.push(p),
+                            other => {
+                                return Err(self.error(
+                                    format!("composed takes presses, got {}", other.kind()),
+                                    *span,
+                                ));
+                            }
+                        }
+                    }
+                }
+                other => {
+                    return Err(self.error(
+                        format!("composed takes presses, got {}", other.kind()),
+                        arg.span,
+                    ));
+                }
+            }
+        }
+        if members.is_empty() {
+            return Err(self.error(
+                "composed needs at least one press, e.g. composed(snapkv, think)",
+                args.expr.span,
+            ));
+        }
+        Ok(members)
+    }
+
+    /// The scorer a wrapper takes as its first argument.
+    fn inner_scorer<B: Backend>(&self, args: &Args<'_>) -> Result<Box<dyn Scorer<B>>, ExprError> {
+        let name = args.info.name;
+        let Some(first) = args.expr.args.first().filter(|a| a.key.is_none()) else {
+            return Err(self.error(
+                format!("`{name}` needs a scorer as its first argument, e.g. `{name}(snapkv)`"),
+                args.expr.span,
+            ));
+        };
+        match &first.value {
+            Value::Press(inner) => self.scorer(inner, false),
+            other => Err(self.error(
+                format!(
+                    "`{name}` needs a scorer as its first argument, got {}",
+                    other.kind()
+                ),
+                first.span,
+            )),
+        }
+    }
+
+    /// A scorer; `outer` when it is the whole expression (then it may carry the ratio).
+    fn scorer<B: Backend>(
+        &self,
+        expr: &PressExpr,
+        outer: bool,
+    ) -> Result<Box<dyn Scorer<B>>, ExprError> {
+        let args = self.args(expr)?;
+        if args.info.kind != Kind::Scorer {
+            let scorers: Vec<&str> = CATALOGUE
+                .iter()
+                .filter(|p| p.kind == Kind::Scorer)
+                .map(|p| p.name)
+                .collect();
+            return Err(self.error(
+                format!(
+                    "a scorer is required here, and `{}` is not one; scorers: {}",
+                    expr.name,
+                    scorers.join(", ")
+                ),
+                expr.name_span,
+            ));
+        }
+        if !outer && let Some(arg) = find(&args, "compression_ratio") {
+            return Err(self.error(
+                "the compression ratio belongs to the outer press (as in kvpress): set it there \
+                 or with --compression-ratio",
+                arg.span,
+            ));
+        }
+        Ok(match expr.name.as_str() {
+            "knorm" => Box::new(Knorm),
+            "snapkv" => Box::new(self.snapkv(&args)?),
+            "expected_attention" => Box::new(ExpectedAttention {
+                n_future_positions: self.positive(&args, "n_future_positions", 512)?,
+                n_sink: self.count(&args, "n_sink", 4)?,
+                use_covariance: self.boolean(&args, "use_covariance", true)?,
+                use_vnorm: self.boolean(&args, "use_vnorm", true)?,
+                epsilon: self.float(&args, "epsilon", 0.0)?,
+            }),
+            "streaming_llm" => Box::new(StreamingLlm {
+                n_sink: self.count(&args, "n_sink", 4)?,
+            }),
+            "tova" => Box::new(Tova),
+            "observed_attention" => Box::new(ObservedAttention),
+            "random" => Box::new(RandomScores {
+                seed: self.count(&args, "seed", 0)? as u64,
+            }),
+            "keydiff" => Box::new(KeyDiff),
+            _ => Box::new(LagKv {
+                n_sink: self.count(&args, "n_sink", 4)?,
+                lag_size: self.positive(&args, "lag_size", 128)?,
+                cross_scoring: self.boolean(&args, "cross_scoring", false)?,
+            }),
+        })
+    }
+
+    fn snapkv(&self, args: &Args<'_>) -> Result<SnapKv, ExprError> {
+        let kernel_size = self.positive(args, "kernel_size", 5)?;
+        if kernel_size % 2 == 0 {
+            return Err(self.error(
+                format!("`kernel_size` must be odd, got {kernel_size}"),
+                self.span_of(args, "kernel_size"),
+            ));
+        }
+        Ok(SnapKv {
+            window_size: self.positive(args, "window_size", 64)?,
+            kernel_size,
+        })
+    }
+
+    /// The ratio of this press: its own `compression_ratio=`, else the one handed down.
+    fn ratio(&self, args: &Args<'_>, inherited: Option<f64>) -> Result<f64, ExprError> {
+        let ratio = match self.opt_float(args, "compression_ratio")? {
+            Some(r) => r,
+            None => inherited.ok_or_else(|| {
+                self.error(
+                    format!(
+                        "no compression ratio for `{0}`: pass --compression-ratio R or write \
+                         {0}(compression_ratio=R)",
+                        args.info.name
+                    ),
+                    args.expr.name_span,
+                )
+            })?,
+        };
+        if !(0.0..1.0).contains(&ratio) {
+            let span = find(args, "compression_ratio").map_or(args.expr.span, |a| a.span);
+            return Err(self.error(
+                format!("compression ratio must be in [0, 1), got {ratio}"),
+                span,
+            ));
+        }
+        Ok(ratio)
+    }
+
+    /// A constructor's error, pointed at the press it builds.
+    fn at<T>(&self, r: Result<T, CoreError>, span: Span) -> Result<T, ExprError> {
+        r.map_err(|e| self.error(e.to_string(), span))
+    }
+
+    fn span_of(&self, args: &Args<'_>, key: &str) -> Span {
+        find(args, key).map_or(args.expr.span, |a| a.span)
+    }
+
+    fn opt_float(&self, args: &Args<'_>, key: &str) -> Result<Option<f64>, ExprError> {
+        let Some(arg) = find(args, key) else {
+            return Ok(None);
+        };
+        match arg.value.as_f64() {
+            Some(x) if x.is_finite() => Ok(Some(x)),
+            _ => Err(self.error(
+                format!("`{key}` must be a number, got {}", arg.value.kind()),
+                arg.span,
+            )),
+        }
+    }
+
+    fn float(&self, args: &Args<'_>, key: &str, default: f64) -> Result<f64, ExprError> {
+        Ok(self.opt_float(args, key)?.unwrap_or(default))
+    }
+
+    /// A number in `[0, 1]`.
+    fn unit(&self, args: &Args<'_>, key: &str, default: f64) -> Result<f64, ExprError> {
+        let x = self.float(args, key, default)?;
+        if (0.0..=1.0).contains(&x) {
+            Ok(x)
+        } else {
+            Err(self.error(
+                format!("`{key}` must be in [0, 1], got {x}"),
+                self.span_of(args, key),
+            ))
+        }
+    }
+
+    /// A non-negative integer.
+    fn count(&self, args: &Args<'_>, key: &str, default: usize) -> Result<usize, ExprError> {
+        let Some(arg) = find(args, key) else {
+            return Ok(default);
+        };
+        match arg.value {
+            Value::Int(i) if i >= 0 => Ok(i as usize),
+            _ => Err(self.error(
+                format!(
+                    "`{key}` must be a non-negative integer, got {}",
+                    describe(&arg.value)
+                ),
+                arg.span,
+            )),
+        }
+    }
+
+    /// A positive integer.
+    fn positive(&self, args: &Args<'_>, key: &str, default: usize) -> Result<usize, ExprError> {
+        let x = self.count(args, key, default)?;
+        if x == 0 {
+            return Err(self.error(format!("`{key}` must be positive"), self.span_of(args, key)));
+        }
+        Ok(x)
+    }
+
+    fn boolean(&self, args: &Args<'_>, key: &str, default: bool) -> Result<bool, ExprError> {
+        let Some(arg) = find(args, key) else {
+            return Ok(default);
+        };
+        match arg.value {
+            Value::Bool(b) => Ok(b),
+            _ => Err(self.error(
+                format!(
+                    "`{key}` must be true or false, got {}",
+                    describe(&arg.value)
+                ),
+                arg.span,
+            )),
+        }
+    }
+
+    /// A required list of ratios in `[0, 1)`.
+    fn f64_list(&self, args: &Args<'_>, key: &str) -> Result<Vec<f64>, ExprError> {
+        let Some(arg) = find(args, key) else {
+            return Err(self.error(
+                format!(
+                    "`{}` needs `{key}=[r0, r1, …]`, one ratio per layer",
+                    args.info.name
+                ),
+                args.expr.span,
+            ));
+        };
+        let Value::List(items) = &arg.value else {
+            return Err(self.error(
+                format!(
+                    "`{key}` must be a list of numbers, got {}",
+                    arg.value.kind()
+                ),
+                arg.span,
+            ));
+        };
+        items
+            .iter()
+            .map(|(v, span)| match v.as_f64() {
+                Some(r) if (0.0..1.0).contains(&r) => Ok(r),
+                _ => Err(self.error(
+                    format!("each ratio must be a number in [0, 1), got {}", describe(v)),
+                    *span,
+                )),
+            })
+            .collect()
+    }
+}
+
+fn find<'e>(args: &Args<'e>, key: &str) -> Option<&'e Arg> {
+    args.expr
+        .args
+        .iter()
+        .find(|a| a.key.as_deref() == Some(key))
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        other => other.kind().to_string(),
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use crate::test_support::{Fixture, kept_positions};
+    use burn::backend::Flex;
+
+    fn err(src: &str, ratio: Option<f64>) -> ExprError {
+        match build::<Flex>(src, ratio) {
+            Ok(_) => panic!("`{src}` should not build"),
+            Err(e) => e,
+        }
+    }
+
+    fn pointed(e: &ExprError) -> &str {
+        &e.source[e.span.start..e.span.end]
+    }
+
+    #[test]
+    fn every_catalogue_entry_builds_with_its_defaults() {
+        for info in CATALOGUE {
+            let src = match (info.kind, info.name) {
+                (Kind::Wrapper, "per_layer_compression") => {
+                    format!("{}(knorm, compression_ratios=[0.25])", info.name)
+                }
+                (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
+                (_, "composed") => "composed(knorm, think)".to_string(),
+                _ => info.name.to_string(),
+            };
+            let press = match build::<Flex>(&src, Some(0.25)) {
+                Ok(p) => p,
+                Err(e) => panic!("{src}: {e}"),
+            };
+            // and runs on a 300-token layer, keeping 225 entries per head on average
+            let f = Fixture::new(2, 2, 300, 8);
+            let kept = kept_positions(&f, press.as_ref());
+            let total: usize = kept.iter().map(Vec::len).sum();
+            let want = if info.name == "think" { 600 } else { 450 };
+            assert!(
+                total == want || info.name == "chunkkv" || info.name == "pyramidkv",
+                "{src}: {total} entries kept"
+            );
+        }
+    }
+
+    #[test]
+    fn built_presses_behave_like_the_hand_built_ones() {
+        let f = Fixture::new(2, 2, 40, 8);
+        let built =
+            build::<Flex>("snapkv(window_size=8, kernel_size=3)", Some(0.5)).expect("build");
+        let direct = ScorerPress::new(
+            SnapKv {
+                window_size: 8,
+                kernel_size: 3,
+            },
+            0.5,
+        )
+        .expect("press");
+        assert_eq!(
+            kept_positions(&f, built.as_ref()),
+            kept_positions(&f, &direct)
+        );
+        // the keyword ratio counts when no outer ratio is given
+        let built = build::<Flex>("knorm(compression_ratio=0.75)", None).expect("build");
+        assert!(
+            kept_positions(&f, built.as_ref())
+                .iter()
+                .all(|h| h.len() == 10)
+        );
+        // composed: members without a ratio take the outer one
+        let built = build::<Flex>(
+            "composed(knorm, streaming_llm(compression_ratio=0.5))",
+            Some(0.5),
+        )
+        .expect("build");
+        assert!(
+            kept_positions(&f, built.as_ref())
+                .iter()
+                .all(|h| h.len() == 10)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_bad_part() {
+        let e = err("adakv(snapk)", Some(0.5));
+        assert!(e.message.contains("unknown press `snapk`"), "{e}");
+        assert_eq!(pointed(&e), "snapk");
+
+        let e = err("snapkv(window=3)", Some(0.5));
+        assert!(e.message.contains("no parameter `window`"), "{e}");
+        assert!(e.message.contains("window_size"), "{e}");
+        assert_eq!(pointed(&e), "window=3");
+
+        let e = err("snapkv(window_size=2.5)", Some(0.5));
+        assert!(e.message.contains("non-negative integer"), "{e}");
+
+        let e = err("snapkv(kernel_size=4)", Some(0.5));
+        assert!(e.message.contains("odd"), "{e}");
+
+        let e = err("adakv(pyramidkv)", Some(0.5));
+        assert!(e.message.contains("scorer is required"), "{e}");
+        assert_eq!(pointed(&e), "pyramidkv");
+
+        let e = err("adakv(adakv(knorm))", Some(0.5));
+        assert!(e.message.contains("scorer is required"), "{e}");
+
+        let e = err("adakv(alpha_safeguard=0.2)", Some(0.5));
+        assert!(e.message.contains("needs a scorer"), "{e}");
+
+        let e = err("adakv(knorm, alpha_safeguard=1.5)", Some(0.5));
+        assert!(e.message.contains("[0, 1]"), "{e}");
+        assert_eq!(pointed(&e), "alpha_safeguard=1.5");
+
+        let e = err("knorm", Some(1.0));
+        assert!(e.message.contains("[0, 1)"), "{e}");
+        let e = err("knorm(compression_ratio=-0.1)", None);
+        assert!(e.message.contains("[0, 1)"), "{e}");
+        assert_eq!(pointed(&e), "compression_ratio=-0.1");
+
+        let e = err("knorm", None);
+        assert!(e.message.contains("--compression-ratio"), "{e}");
+
+        let e = err("adakv(knorm(compression_ratio=0.3))", Some(0.5));
+        assert!(e.message.contains("outer press"), "{e}");
+
+        let e = err(
+            "per_layer_compression(knorm, compression_ratios=[0.1, 1.2])",
+            None,
+        );
+        assert_eq!(pointed(&e), "1.2");
+
+        let e = err("composed(knorm, 3)", Some(0.5));
+        assert!(e.message.contains("composed takes presses"), "{e}");
+
+        let e = err("snapkv(window_size=8, window_size=9)", Some(0.5));
+        assert!(e.message.contains("twice"), "{e}");
+
+        let e = err("chunk(snapkv, 512)", Some(0.5));
+        assert!(e.message.contains("positional"), "{e}");
+    }
+}
