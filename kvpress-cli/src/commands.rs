@@ -5,12 +5,17 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use kvpress_core::Press;
 use kvpress_models::ChatMessage;
 use kvpress_models::ModelFiles;
 use kvpress_models::convert::convert_gguf;
 use kvpress_models::generate::{self as decoding, GenerationOptions, top_k};
+use kvpress_models::pipeline::{Pipeline, Request};
+use kvpress_presses::registry::{CATALOGUE, Kind};
 use serde_json::json;
 
+use crate::PressArgs;
+use crate::backend::Backend;
 use crate::model;
 
 /// Prompt text: the raw text, or the chat-templated user message.
@@ -150,4 +155,237 @@ pub fn fetch(json: bool) -> anyhow::Result<()> {
         println!("{}", dir.display());
         Ok(())
     }
+}
+
+/// The press of `--press` at `--compression-ratio` (none without `--press`).
+fn build_press(args: &PressArgs) -> anyhow::Result<Option<Box<dyn Press<Backend>>>> {
+    if let Some(r) = args.compression_ratio
+        && !(0.0..1.0).contains(&r)
+    {
+        anyhow::bail!("--compression-ratio must be in [0, 1), got {r}");
+    }
+    match &args.press {
+        None if args.compression_ratio.is_some() => {
+            anyhow::bail!("--compression-ratio needs a --press (e.g. --press snapkv)")
+        }
+        None => Ok(None),
+        Some(expr) => {
+            let press = kvpress_presses::registry::build::<Backend>(expr, args.compression_ratio)
+                .map_err(|e| anyhow::anyhow!("bad --press: {e}"))?;
+            Ok(Some(press))
+        }
+    }
+}
+
+/// A spinner on stderr while `what` runs.
+fn spinner(what: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or(ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// Average entries per KV head of each layer: an integer when every head holds the same count.
+fn tokens_per_layer(per_head: &[Vec<usize>]) -> Vec<serde_json::Value> {
+    per_head
+        .iter()
+        .map(|heads| {
+            let total: usize = heads.iter().sum();
+            if heads.iter().all(|&n| n == heads[0]) {
+                json!(heads[0])
+            } else {
+                json!(total as f64 / heads.len().max(1) as f64)
+            }
+        })
+        .collect()
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// `kvpress generate --context…`: the kvpress pipeline.
+pub fn answer(
+    model: Option<&Path>,
+    request: &Request,
+    press_args: &PressArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let press = build_press(press_args)?;
+    let files = model::open(model)?;
+    let llama = model::load(&files)?;
+    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone());
+    let label = press_args.press.as_deref().unwrap_or("no press");
+    let bar = spinner(format!("compressing the context ({label}) and answering"));
+    let out = pipe.run(request, press.as_deref());
+    bar.finish_and_clear();
+    let out = out?;
+    if json {
+        return print_json(&json!({
+            "answers": out.answers,
+            "context_tokens": out.context_tokens,
+            "press": press_args.press,
+            "compression_ratio": press_args.compression_ratio,
+            "cache": {
+                "tokens_per_layer": tokens_per_layer(&out.tokens_per_head),
+                "tokens_per_head": out.tokens_per_head,
+                "bytes": out.cache_bytes,
+                "bytes_uncompressed": out.uncompressed_bytes,
+            },
+            "timings": {
+                "prefill_seconds": out.prefill_seconds,
+                "press_seconds": out.press_seconds,
+                "answer_seconds": out.answer_seconds,
+            },
+        }));
+    }
+    if request.questions.len() > 1 {
+        for (q, a) in request.questions.iter().zip(&out.answers) {
+            println!("Q: {q}\nA: {a}\n");
+        }
+    } else {
+        for a in &out.answers {
+            println!("{a}");
+        }
+    }
+    eprintln!(
+        "context: {} tokens; cache: {:.1} MiB of {:.1} MiB uncompressed ({:.1}%); prefill {:.2} s \
+         (press {:.2} s), answers {:.2} s",
+        out.context_tokens,
+        mib(out.cache_bytes),
+        mib(out.uncompressed_bytes),
+        100.0 * out.cache_bytes as f64 / out.uncompressed_bytes.max(1) as f64,
+        out.prefill_seconds,
+        out.press_seconds,
+        out.answer_seconds
+    );
+    Ok(())
+}
+
+/// A strip of `width` cells over `0..n`, each shaded by the share of its positions kept.
+fn density_strip(kept: &[usize], n: usize, width: usize) -> String {
+    const SHADES: [char; 5] = [' ', '░', '▒', '▓', '█'];
+    let width = width.min(n).max(1);
+    let mut counts = vec![0usize; width];
+    for &p in kept {
+        counts[(p * width / n.max(1)).min(width - 1)] += 1;
+    }
+    (0..width)
+        .map(|cell| {
+            let size = (cell + 1) * n / width - cell * n / width;
+            let share = counts[cell] as f64 / size.max(1) as f64;
+            SHADES[((share * 4.0).round() as usize).min(4)]
+        })
+        .collect()
+}
+
+/// `kvpress inspect`: the kept positions of every (chosen) layer and head.
+pub fn inspect(
+    model: Option<&Path>,
+    request: &Request,
+    press_args: &PressArgs,
+    layers: Option<&[usize]>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let Some(press) = build_press(press_args)? else {
+        anyhow::bail!("inspect needs a --press (e.g. --press snapkv --compression-ratio 0.5)");
+    };
+    let files = model::open(model)?;
+    let llama = model::load(&files)?;
+    let num_layers = llama.config().num_hidden_layers;
+    let chosen: Vec<usize> = match layers {
+        Some(ls) => {
+            if let Some(bad) = ls.iter().find(|&&l| l >= num_layers) {
+                anyhow::bail!("--layers: the model has layers 0..{num_layers}, got {bad}");
+            }
+            ls.to_vec()
+        }
+        None => (0..num_layers).collect(),
+    };
+    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone());
+    let prompt = pipe.prompt(request)?;
+    let n = prompt.context_ids.len();
+    let bar = spinner(format!("prefilling {n} context tokens with the press"));
+    let cache = pipe.prefill(&prompt.context_ids, Some(press.as_ref()));
+    bar.finish_and_clear();
+    let cache = cache?;
+    let mut rows = Vec::with_capacity(chosen.len());
+    for &l in &chosen {
+        let layer = cache
+            .layer(l)
+            .ok_or_else(|| anyhow::anyhow!("the cache has no layer {l}"))?;
+        let heads: Vec<Vec<usize>> = layer
+            .original_positions()
+            .iter()
+            .map(|h| {
+                let mut h = h.clone();
+                h.sort_unstable();
+                h.dedup();
+                h
+            })
+            .collect();
+        rows.push((l, heads));
+    }
+    if json {
+        let layers: Vec<_> = rows
+            .iter()
+            .map(|(l, heads)| json!({"layer": l, "heads": heads}))
+            .collect();
+        return print_json(&json!({"context_tokens": n, "layers": layers}));
+    }
+    println!("context: {n} tokens; each strip spans the context, darker = more kept");
+    for (l, heads) in &rows {
+        for (h, kept) in heads.iter().enumerate() {
+            println!(
+                "layer {l:>3} head {h:>2}: {:>6}/{n} |{}|",
+                kept.len(),
+                density_strip(kept, n, 64)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `kvpress presses`: the catalogue.
+pub fn presses(json: bool) -> anyhow::Result<()> {
+    let kind = |k: Kind| match k {
+        Kind::Scorer => "scorer",
+        Kind::Wrapper => "wrapper",
+        Kind::Press => "press",
+    };
+    if json {
+        let list: Vec<_> = CATALOGUE
+            .iter()
+            .map(|p| {
+                let params: Vec<_> = p
+                    .params
+                    .iter()
+                    .map(|q| json!({"name": q.name, "default": q.default, "doc": q.doc}))
+                    .collect();
+                json!({"name": p.name, "kind": kind(p.kind), "summary": p.summary, "params": params})
+            })
+            .collect();
+        return print_json(&json!({ "presses": list }));
+    }
+    for p in CATALOGUE {
+        let usage = match p.kind {
+            Kind::Wrapper => format!("{}(SCORER, …)", p.name),
+            _ => p.name.to_string(),
+        };
+        println!("{usage:<28} [{}] {}", kind(p.kind), p.summary);
+        for q in p.params {
+            let setting = format!("{}={}", q.name, q.default);
+            println!("      {setting:<40} {}", q.doc);
+        }
+    }
+    println!(
+        "\nScorers make a top-k press on their own and are what wrappers take first. Every scorer \
+         and wrapper also takes compression_ratio=R; --compression-ratio sets the outer press's."
+    );
+    Ok(())
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use kvpress_models::generate::{GenerationOptions, Sampling};
+use kvpress_models::pipeline::Request;
 
 /// KV-cache compression for long-context LLMs (a Rust port of NVIDIA kvpress on burn).
 ///
@@ -42,6 +43,51 @@ struct TextInput {
     text: Option<String>,
 }
 
+/// What `generate` works on: a context to compress (pipeline mode) or a prompt to continue.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+struct GenerateInput {
+    /// The context to compress, from this file (`-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    context_file: Option<PathBuf>,
+    /// The context to compress, given inline.
+    #[arg(long, value_name = "TEXT")]
+    context: Option<String>,
+    /// A prompt to continue, from this file (`-` for standard input).
+    #[arg(long = "text-file", visible_alias = "prompt-file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// A prompt to continue, given inline.
+    #[arg(long = "text", visible_alias = "prompt", value_name = "TEXT")]
+    text: Option<String>,
+}
+
+/// A context given inline or from a file.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+struct ContextInput {
+    /// The context, from this file (`-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    context_file: Option<PathBuf>,
+    /// The context, given inline.
+    #[arg(long, value_name = "TEXT")]
+    context: Option<String>,
+}
+
+/// The press and its ratio.
+#[derive(Debug, Clone, clap::Args)]
+struct PressArgs {
+    /// The press, as an expression over press names with keyword arguments and nesting, e.g.
+    /// `snapkv`, `adakv(expected_attention(epsilon=0.01))`, `chunk(snapkv, chunk_length=512)`,
+    /// `composed(snapkv, think(key_channel_compression_ratio=0.25))`. `kvpress presses`
+    /// lists them. None: no compression.
+    #[arg(long, value_name = "EXPR")]
+    press: Option<String>,
+    /// Fraction of the context's KV entries removed, in [0, 1): the ratio of the outer press
+    /// (as kvpress's `compression_ratio`).
+    #[arg(long, value_name = "R", allow_hyphen_values = true)]
+    compression_ratio: Option<f64>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Token ids of a text (with --chat: of the chat-templated user message).
@@ -66,20 +112,41 @@ enum Command {
         #[arg(long, default_value_t = 0, value_name = "N")]
         greedy: usize,
     },
-    /// Greedy continuation of a prompt.
+    /// Answer questions about a compressed context (the kvpress pipeline), or continue a prompt.
+    ///
+    /// With --context/--context-file: the context is chat-templated, compressed by --press
+    /// during prefill, and each --question (never compressed) is answered greedily from the
+    /// same compressed context. With --text/--prompt: the prompt is continued as is.
+    #[command(after_help = "Examples:\n  \
+        kvpress generate --context-file doc.txt --question 'Who wrote it?' --press snapkv --compression-ratio 0.5\n  \
+        kvpress generate --context-file doc.txt --question Q1 --question Q2 \\\n    \
+        --press 'adakv(expected_attention(epsilon=0.01))' --compression-ratio 0.75 --json\n  \
+        kvpress generate --chat --prompt 'What is the capital of France?'")]
     Generate {
         #[command(flatten)]
-        input: TextInput,
-        /// Apply the chat template (the text is one user message).
+        input: GenerateInput,
+        /// A question about the context (repeat for several; each is answered from the same
+        /// compressed context). None: the model continues after the context.
+        #[arg(long = "question", value_name = "TEXT")]
+        questions: Vec<String>,
+        /// Text the answer starts with (part of the uncompressed prompt).
+        #[arg(long, default_value = "", value_name = "TEXT")]
+        answer_prefix: String,
+        #[command(flatten)]
+        press: PressArgs,
+        /// Keep only the first N context tokens.
+        #[arg(long, value_name = "N")]
+        max_context_length: Option<usize>,
+        /// Apply the chat template to a --prompt (the text is one user message).
         #[arg(long)]
         chat: bool,
-        /// Tokens to generate at most.
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        /// Do not stop at the end-of-sequence token.
+        /// Tokens to generate at most (default: 50 per answer as kvpress, 64 for a prompt).
+        #[arg(long, value_name = "N")]
+        max_new_tokens: Option<usize>,
+        /// Do not stop at the end-of-sequence token (prompt mode).
         #[arg(long)]
         ignore_eos: bool,
-        /// Sample with this temperature instead of greedy decoding (greedy is the reference).
+        /// Sample with this temperature instead of greedy decoding (prompt mode).
         #[arg(long)]
         temperature: Option<f32>,
         /// Nucleus sampling: keep the most likely tokens up to this probability mass.
@@ -89,6 +156,25 @@ enum Command {
         #[arg(long, default_value_t = 0, requires = "temperature")]
         seed: u64,
     },
+    /// Which context positions a press keeps, per layer and KV head.
+    ///
+    /// The context is templated exactly as `generate` does (with an empty question) and
+    /// prefilled with the press; the kept original positions of each head are printed
+    /// (ascending), or drawn as a density strip over the context in text mode.
+    Inspect {
+        #[command(flatten)]
+        context: ContextInput,
+        #[command(flatten)]
+        press: PressArgs,
+        /// Layers to show, e.g. 0,15,29 (default: all).
+        #[arg(long, value_delimiter = ',', value_name = "L,...")]
+        layers: Option<Vec<usize>>,
+        /// Keep only the first N context tokens.
+        #[arg(long, value_name = "N")]
+        max_context_length: Option<usize>,
+    },
+    /// Every press: what it does, its parameters and their defaults.
+    Presses,
     /// Convert a GGUF file to an HF checkpoint directory (f32 safetensors, tokenizer, chat template).
     Convert {
         /// The .gguf file.
@@ -129,6 +215,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Generate {
             input,
+            questions,
+            answer_prefix,
+            press,
+            max_context_length,
             chat,
             max_new_tokens,
             ignore_eos,
@@ -136,8 +226,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             top_p,
             seed,
         } => {
+            if let Some(context) = input::read_text(&input.context, &input.context_file)? {
+                if chat || ignore_eos || temperature.is_some() {
+                    anyhow::bail!(
+                        "--chat, --ignore-eos and --temperature apply to --prompt; a --context is \
+                         always chat-templated and answered greedily, as in kvpress"
+                    );
+                }
+                let request = Request {
+                    context,
+                    questions,
+                    answer_prefix,
+                    max_new_tokens: max_new_tokens.unwrap_or(50),
+                    max_context_length,
+                };
+                return commands::answer(cli.model.as_deref(), &request, &press, json);
+            }
+            if !questions.is_empty() || press.press.is_some() || max_context_length.is_some() {
+                anyhow::bail!(
+                    "--question, --press and --max-context-length need a --context or \
+                     --context-file (the question is never compressed)"
+                );
+            }
+            let text = input::read_text(&input.text, &input.file)?
+                .ok_or_else(|| anyhow::anyhow!("give a --context-file, --context or --prompt"))?;
             let options = GenerationOptions {
-                max_new_tokens,
+                max_new_tokens: max_new_tokens.unwrap_or(64),
                 eos_token_ids: Vec::new(),
                 ignore_eos,
                 sampling: temperature.map(|temperature| Sampling {
@@ -147,8 +261,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 ..Default::default()
             };
-            commands::generate(cli.model.as_deref(), &input.read()?, chat, options, json)
+            commands::generate(cli.model.as_deref(), &text, chat, options, json)
         }
+        Command::Inspect {
+            context,
+            press,
+            layers,
+            max_context_length,
+        } => {
+            let text = input::read_text(&context.context, &context.context_file)?
+                .ok_or_else(|| anyhow::anyhow!("give a --context-file or --context"))?;
+            let mut request = Request::new(text);
+            request.max_context_length = max_context_length;
+            commands::inspect(
+                cli.model.as_deref(),
+                &request,
+                &press,
+                layers.as_deref(),
+                json,
+            )
+        }
+        Command::Presses => commands::presses(json),
         Command::Convert { gguf, out_dir } => commands::convert(&gguf, &out_dir, json),
         Command::Fetch => commands::fetch(json),
     }

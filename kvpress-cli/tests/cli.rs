@@ -20,13 +20,212 @@ fn json_of(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
 }
 
-fn golden_short_prompt() -> serde_json::Value {
+fn golden(file: &str) -> serde_json::Value {
     let dir = std::env::var_os("KVPRESS_GOLDEN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"));
-    let text = std::fs::read_to_string(dir.join("model.json")).expect("golden model.json");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["prompts"][0].clone()
+    let text = std::fs::read_to_string(dir.join(file)).expect("golden file");
+    serde_json::from_str(&text).expect("json")
+}
+
+fn golden_short_prompt() -> serde_json::Value {
+    golden("model.json")["prompts"][0].clone()
+}
+
+/// The default model's path and the golden press context written to a file.
+fn press_setup() -> (String, tempfile::TempDir, serde_json::Value) {
+    let model = json_of(&kvpress(&["fetch", "--json"]))["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    let presses = golden("presses_r0.5.json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("context.txt"),
+        presses["context"].as_str().expect("context"),
+    )
+    .expect("write");
+    (model, dir, presses)
+}
+
+/// Positions set in a kvpress bitmask (byte j, bit b = position 8j + b).
+fn positions_of(hex: &str) -> Vec<u64> {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    (0..bytes.len() as u64 * 8)
+        .filter(|p| bytes[*p as usize / 8] >> (p % 8) & 1 == 1)
+        .collect()
+}
+
+#[test]
+fn generate_answers_from_a_head_wise_compressed_context_as_kvpress() {
+    let (model, dir, golden) = press_setup();
+    let context = dir.path().join("context.txt");
+    let out = json_of(&kvpress(&[
+        "--model",
+        &model,
+        "generate",
+        "--context-file",
+        context.to_str().expect("utf-8"),
+        "--question",
+        golden["question"].as_str().expect("question"),
+        "--press",
+        "adakv(expected_attention)",
+        "--compression-ratio",
+        "0.5",
+        "--max-new-tokens",
+        "24",
+        "--json",
+    ]));
+    let want = &golden["results"]["AdaKVPress(ExpectedAttentionPress)"]["0.5"];
+    assert_eq!(out["answers"][0], want["answer"]);
+    assert_eq!(out["context_tokens"], 1287);
+    // 643 entries per head on average are held, nothing more
+    let bytes = out["cache"]["bytes"].as_f64().expect("bytes");
+    let full = out["cache"]["bytes_uncompressed"].as_f64().expect("bytes");
+    assert!(
+        (bytes / full - 643.0 / 1287.0).abs() < 1e-6,
+        "{bytes} / {full}"
+    );
+    let per_head = out["cache"]["tokens_per_head"]
+        .as_array()
+        .expect("per head");
+    assert_eq!(per_head.len(), 30);
+    for layer in per_head {
+        let total: u64 = layer
+            .as_array()
+            .expect("heads")
+            .iter()
+            .map(|n| n.as_u64().expect("n"))
+            .sum();
+        assert_eq!(total, 3 * 643);
+    }
+    assert!(out["timings"]["press_seconds"].as_f64().expect("t") > 0.0);
+}
+
+#[test]
+fn inspect_shows_the_positions_kvpress_keeps() {
+    let (model, dir, golden) = press_setup();
+    let context = dir.path().join("context.txt");
+    let out = json_of(&kvpress(&[
+        "--model",
+        &model,
+        "inspect",
+        "--context-file",
+        context.to_str().expect("utf-8"),
+        "--press",
+        "snapkv",
+        "--compression-ratio",
+        "0.5",
+        "--layers",
+        "0,15,29",
+        "--json",
+    ]));
+    assert_eq!(out["context_tokens"], 1287);
+    let layers = out["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 3);
+    let want = &golden["results"]["SnapKVPress"]["0.5"]["layers"];
+    for entry in layers {
+        let l = entry["layer"].as_u64().expect("layer") as usize;
+        for (h, heads) in entry["heads"].as_array().expect("heads").iter().enumerate() {
+            let got: Vec<u64> = heads
+                .as_array()
+                .expect("positions")
+                .iter()
+                .map(|p| p.as_u64().expect("p"))
+                .collect();
+            let theirs = positions_of(want[l]["kept_mask_hex"][h].as_str().expect("hex"));
+            assert_eq!(got, theirs, "layer {l} head {h}");
+        }
+    }
+}
+
+#[test]
+fn presses_lists_the_catalogue() {
+    let out = json_of(&kvpress(&["presses", "--json"]));
+    let names: Vec<&str> = out["presses"]
+        .as_array()
+        .expect("presses")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    for name in [
+        "knorm",
+        "snapkv",
+        "expected_attention",
+        "adakv",
+        "streaming_llm",
+        "tova",
+        "observed_attention",
+        "random",
+        "keydiff",
+        "pyramidkv",
+        "think",
+        "lagkv",
+        "composed",
+        "per_layer_compression",
+        "chunk",
+        "chunkkv",
+        "block",
+        "critical_kv",
+        "critical_adakv",
+        "key_rerotation",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+}
+
+#[test]
+fn bad_press_arguments_are_clear_errors() {
+    let (model, dir, _) = press_setup();
+    let context = dir.path().join("context.txt");
+    let context = context.to_str().expect("utf-8");
+    for (press, ratio, expected) in [
+        ("snapk", "0.5", "unknown press `snapk`"),
+        ("snapkv(window=3)", "0.5", "no parameter `window`"),
+        ("snapkv(window_size=-1)", "0.5", "non-negative integer"),
+        ("adakv(pyramidkv)", "0.5", "scorer is required"),
+        ("knorm", "1.0", "must be in [0, 1)"),
+        ("knorm", "-0.2", "must be in [0, 1)"),
+        ("chunk(snapkv", "0.5", "end of the expression"),
+    ] {
+        let out = kvpress(&[
+            "--model",
+            &model,
+            "generate",
+            "--context-file",
+            context,
+            "--question",
+            "Q",
+            "--press",
+            press,
+            "--compression-ratio",
+            ratio,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{press} @ {ratio}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{press} @ {ratio}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").expect("write");
+    let out = kvpress(&[
+        "--model",
+        &model,
+        "generate",
+        "--context-file",
+        empty.to_str().expect("utf-8"),
+        "--question",
+        "Q",
+        "--press",
+        "knorm",
+        "--compression-ratio",
+        "0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
 
 #[test]

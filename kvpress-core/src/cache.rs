@@ -34,11 +34,14 @@ enum Storage<B: Backend> {
 ///
 /// # Shapes
 /// - dense: keys, values `[1, h_kv, n, d]`; ragged: per head `[1, 1, n_h, d]`
-/// - positions: `h_kv` lists (entry `i` of head `h` holds the token at `positions[h][i]`)
+/// - positions: `h_kv` lists (entry `i` of head `h` holds the token at `positions[h][i]`); the
+///   original token index of each entry is kept apart, since re-rotating presses move keys to
+///   new positions
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
     storage: Storage<B>,
     positions: Vec<Vec<usize>>,
+    origins: Vec<Vec<usize>>,
     next_position: usize,
 }
 
@@ -47,6 +50,7 @@ impl<B: Backend> Default for LayerCache<B> {
         Self {
             storage: Storage::Empty,
             positions: Vec::new(),
+            origins: Vec::new(),
             next_position: 0,
         }
     }
@@ -73,9 +77,15 @@ impl<B: Backend> LayerCache<B> {
         matches!(self.storage, Storage::Ragged(_))
     }
 
-    /// Absolute positions of every head's entries, in cache order.
+    /// Absolute (RoPE and causal-mask) positions of every head's entries, in cache order.
     pub fn positions(&self) -> &[Vec<usize>] {
         &self.positions
+    }
+
+    /// The token each entry was appended for (its position when appended), in cache order:
+    /// equal to [`LayerCache::positions`] unless a press re-rotated the keys.
+    pub fn original_positions(&self) -> &[Vec<usize>] {
+        &self.origins
     }
 
     /// The position the next appended token takes by default: one past the last position
@@ -157,8 +167,9 @@ impl<B: Backend> LayerCache<B> {
         };
         if self.positions.is_empty() {
             self.positions = vec![Vec::new(); h_kv];
+            self.origins = vec![Vec::new(); h_kv];
         }
-        for head in &mut self.positions {
+        for head in self.positions.iter_mut().chain(&mut self.origins) {
             head.extend_from_slice(positions);
         }
         if let Some(&last) = positions.iter().max() {
@@ -186,11 +197,14 @@ impl<B: Backend> LayerCache<B> {
                 ),
             });
         }
-        let positions: Vec<Vec<usize>> = indices
-            .iter()
-            .zip(&self.positions)
-            .map(|(idx, pos)| idx.iter().map(|&i| pos[i]).collect())
-            .collect();
+        let pick = |lists: &[Vec<usize>]| -> Vec<Vec<usize>> {
+            indices
+                .iter()
+                .zip(lists)
+                .map(|(idx, pos)| idx.iter().map(|&i| pos[i]).collect())
+                .collect()
+        };
+        let (positions, origins) = (pick(&self.positions), pick(&self.origins));
         let uniform = indices.iter().all(|i| i.len() == indices[0].len());
         let storage = std::mem::replace(&mut self.storage, Storage::Empty);
         self.storage = match storage {
@@ -228,6 +242,7 @@ impl<B: Backend> LayerCache<B> {
             }
         };
         self.positions = positions;
+        self.origins = origins;
         Ok(())
     }
 
@@ -296,6 +311,9 @@ impl<B: Backend> LayerCache<B> {
             return;
         }
         for (head, &len) in self.positions.iter_mut().zip(&lens) {
+            head.truncate(len);
+        }
+        for (head, &len) in self.origins.iter_mut().zip(&lens) {
             head.truncate(len);
         }
         if let Some(last) = self.positions.iter().flatten().max() {

@@ -93,6 +93,7 @@ mod tests {
             &[(0..6).collect::<Vec<_>>(), (0..6).collect()]
         );
         assert_eq!(cache.next_position(), 6);
+        assert_eq!(cache.original_positions()[0].len(), 6);
         // the selection is Knorm's (norms survive RoPE): the 6 smallest norms per head
         let kept = top_scored_indices(&Knorm, &f.inputs(), &f.keys, &f.keys, |_| 6).expect("top");
         let (got, _) = cache.keys_values().expect("dense").expect("kept");
