@@ -5,6 +5,9 @@
 //! therefore see the uncompressed hidden states; only later forwards (question, decoding) read
 //! the compressed cache.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::cache::LayerCache;
@@ -297,6 +300,37 @@ pub fn keep_top_scored<B: Backend, S: Scorer<B> + ?Sized>(
     };
     let kept = top_scored_indices(scorer, inputs, keys, values, budget)?;
     cache.keep(&kept)
+}
+
+/// A press that measures the time spent inside another.
+pub struct TimedPress<'a, B: Backend> {
+    inner: &'a dyn Press<B>,
+    nanos: AtomicU64,
+}
+
+impl<'a, B: Backend> TimedPress<'a, B> {
+    /// Wraps `inner`.
+    pub fn new(inner: &'a dyn Press<B>) -> Self {
+        Self {
+            inner,
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Seconds spent inside the wrapped press so far.
+    pub fn seconds(&self) -> f64 {
+        self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+}
+
+impl<B: Backend> Press<B> for TimedPress<'_, B> {
+    fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
+        let start = Instant::now();
+        let result = self.inner.compress(inputs, cache);
+        let spent = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(spent, Ordering::Relaxed);
+        result
+    }
 }
 
 #[cfg(test)]

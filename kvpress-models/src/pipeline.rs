@@ -21,11 +21,11 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use kvpress_core::{KvCache, LayerCache, LayerInputs, Press};
+use kvpress_core::press::TimedPress;
+use kvpress_core::{KvCache, Press};
 
 use crate::ChatMessage;
 use crate::error::{ModelError, Result};
@@ -254,38 +254,5 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             press_seconds,
             answer_seconds: start.elapsed().as_secs_f64(),
         })
-    }
-}
-
-/// A press that measures the time spent inside another.
-struct TimedPress<'a, B: Backend> {
-    inner: &'a dyn Press<B>,
-    nanos: AtomicU64,
-}
-
-impl<'a, B: Backend> TimedPress<'a, B> {
-    fn new(inner: &'a dyn Press<B>) -> Self {
-        Self {
-            inner,
-            nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn seconds(&self) -> f64 {
-        self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
-    }
-}
-
-impl<B: Backend> Press<B> for TimedPress<'_, B> {
-    fn compress(
-        &self,
-        inputs: &LayerInputs<'_, B>,
-        cache: &mut LayerCache<B>,
-    ) -> kvpress_core::error::Result<()> {
-        let start = Instant::now();
-        let result = self.inner.compress(inputs, cache);
-        let spent = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.fetch_add(spent, Ordering::Relaxed);
-        result
     }
 }

@@ -184,12 +184,11 @@ fn check_answer(setup: &Setup, name: &str, press: &dyn Press<B>) {
         .pipeline()
         .run(&setup.request(), Some(press))
         .expect("run");
-    if !out
+    let ragged = out
         .tokens_per_head
         .iter()
-        .flatten()
-        .all(|&n| n == out.tokens_per_head[0][0])
-    {
+        .any(|heads| heads.iter().any(|&n| n != heads[0]));
+    if ragged {
         // n_kept = 643 of 1287 entries per head on average
         let ratio = out.cache_bytes as f64 / out.uncompressed_bytes as f64;
         assert!(

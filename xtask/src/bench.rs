@@ -9,10 +9,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::backend::Flex;
+use kvpress_core::Press;
+use kvpress_core::press::TimedPress;
 use kvpress_models::default_model::ensure_default_model;
 use kvpress_models::generate::argmax;
 use kvpress_models::llama::ForwardOptions;
 use kvpress_models::{Llama, ModelFiles};
+use kvpress_presses::registry::build;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -44,6 +47,14 @@ pub struct BenchArgs {
     /// Reference timings of kvpress (timing.json); default: ../shared/golden/timing.json.
     #[arg(long)]
     reference: Option<PathBuf>,
+    /// Presses to measure besides no press (repeat the flag), e.g. `--press knorm --press
+    /// 'adakv(expected_attention)'`; their overhead is the time inside the press over the
+    /// prefill time.
+    #[arg(long = "press", value_name = "EXPR")]
+    presses: Vec<String>,
+    /// Compression ratio of the presses.
+    #[arg(long, default_value_t = 0.5)]
+    compression_ratio: f64,
 }
 
 /// Options of one worker measurement.
@@ -57,6 +68,10 @@ pub struct WorkerArgs {
     reps: usize,
     #[arg(long)]
     decode_tokens: usize,
+    #[arg(long)]
+    press: Option<String>,
+    #[arg(long, default_value_t = 0.5)]
+    compression_ratio: f64,
 }
 
 /// What one worker measured.
@@ -64,6 +79,15 @@ pub struct WorkerArgs {
 pub struct Measurement {
     /// Context tokens.
     pub length: usize,
+    /// The press expression (none: no compression).
+    #[serde(default)]
+    pub press: Option<String>,
+    /// Its compression ratio.
+    #[serde(default)]
+    pub compression_ratio: f64,
+    /// Seconds inside the press of each repetition (part of `prefill_s`).
+    #[serde(default)]
+    pub press_s: Vec<f64>,
     /// Prefill seconds of each repetition.
     pub prefill_s: Vec<f64>,
     /// Median prefill throughput.
@@ -112,14 +136,21 @@ fn context_ids(files: &ModelFiles, length: usize) -> anyhow::Result<Vec<u32>> {
     }
 }
 
+/// One prefill of `ids` compressed by `press`: seconds, seconds inside the press, the cache and
+/// the last logits.
 fn prefill(
     model: &Llama<B>,
     ids: &[u32],
-) -> anyhow::Result<(f64, kvpress_core::KvCache<B>, Vec<f32>)> {
+    press: Option<&dyn Press<B>>,
+) -> anyhow::Result<(f64, f64, kvpress_core::KvCache<B>, Vec<f32>)> {
     let mut cache = model.new_cache();
     let positions: Vec<usize> = (0..ids.len()).collect();
+    let timed = press.map(TimedPress::new);
+    let options = ForwardOptions {
+        press: timed.as_ref().map(|t| t as &dyn Press<B>),
+    };
     let start = Instant::now();
-    let hidden = model.forward(ids, &positions, &mut cache, &ForwardOptions::default())?;
+    let hidden = model.forward(ids, &positions, &mut cache, &options)?;
     let [_, s, h] = hidden.dims();
     // Reading one value back forces the computation on lazy backends.
     let last = hidden.narrow(1, s - 1, 1).reshape([1, h]);
@@ -131,7 +162,8 @@ fn prefill(
         .convert::<f32>()
         .into_vec::<f32>();
     let logits = logits.map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
-    Ok((seconds, cache, logits))
+    let press_seconds = timed.as_ref().map_or(0.0, TimedPress::seconds);
+    Ok((seconds, press_seconds, cache, logits))
 }
 
 /// Runs one measurement in this process and prints it as a JSON line.
@@ -144,12 +176,20 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         args.length + args.decode_tokens > model.config().max_position_embeddings,
     );
     let ids = context_ids(&files, args.length)?;
-    prefill(&model, &ids[..128.min(ids.len())])?; // warm-up
+    let press = args
+        .press
+        .as_deref()
+        .map(|expr| build::<B>(expr, Some(args.compression_ratio)))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("bad --press: {e}"))?;
+    prefill(&model, &ids[..128.min(ids.len())], None)?; // warm-up
     let mut times = Vec::with_capacity(args.reps);
+    let mut press_times = Vec::with_capacity(args.reps);
     let mut last = None;
     for _ in 0..args.reps.max(1) {
-        let (s, cache, logits) = prefill(&model, &ids)?;
+        let (s, p, cache, logits) = prefill(&model, &ids, press.as_deref())?;
         times.push(s);
+        press_times.push(p);
         last = Some((cache, logits));
     }
     let Some((mut cache, logits)) = last else {
@@ -166,6 +206,9 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let decode_s = start.elapsed().as_secs_f64();
     let m = Measurement {
         length: args.length,
+        press: args.press.clone(),
+        compression_ratio: args.compression_ratio,
+        press_s: press_times,
         prefill_tok_per_s: args.length as f64 / median(&times),
         prefill_s: times,
         decode_tokens: args.decode_tokens,
@@ -181,12 +224,28 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Reference (kvpress, torch) prefill and decode tok/s for `length` without a press.
-fn reference_for(reference: &Value, threads: &str, length: usize) -> Option<(f64, f64)> {
-    let r = &reference["by_threads"][threads]["results"][length.to_string()]["none"];
+/// The reference's name of a press configuration (timing.json measures three at 0.5).
+fn reference_name(m: &Measurement) -> Option<String> {
+    let Some(press) = &m.press else {
+        return Some("none".into());
+    };
+    let class = match press.as_str() {
+        "knorm" => "KnormPress",
+        "snapkv" => "SnapKVPress",
+        "expected_attention" => "ExpectedAttentionPress",
+        _ => return None,
+    };
+    Some(format!("{class}({})", m.compression_ratio))
+}
+
+/// Reference (kvpress, torch) prefill tok/s, decode tok/s and press overhead (compress /
+/// prefill seconds) of a measurement's configuration.
+fn reference_for(reference: &Value, threads: &str, m: &Measurement) -> Option<(f64, f64, f64)> {
+    let r = &reference["by_threads"][threads]["results"][m.length.to_string()][reference_name(m)?];
     Some((
         r["prefill_tok_per_s"].as_f64()?,
         r["decode_tok_per_s"].as_f64()?,
+        r["compress_s_median"].as_f64()? / r["prefill_s_median"].as_f64()?,
     ))
 }
 
@@ -203,17 +262,32 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let mut results = Vec::new();
-    for &length in &lengths {
-        eprintln!("bench: {length} tokens ({reps} prefill reps, {decode} decode steps)...");
-        let output = Command::new(&exe)
+    let configs: Vec<Option<&String>> = std::iter::once(None)
+        .chain(args.presses.iter().map(Some))
+        .collect();
+    for (&length, press) in lengths
+        .iter()
+        .flat_map(|l| configs.iter().map(move |p| (l, p)))
+    {
+        let label = press.map_or("no press".to_string(), |p| {
+            format!("{p} @ {}", args.compression_ratio)
+        });
+        eprintln!(
+            "bench: {length} tokens, {label} ({reps} prefill reps, {decode} decode steps)..."
+        );
+        let mut command = Command::new(&exe);
+        command
             .arg("bench-worker")
             .arg("--model")
             .arg(&model)
             .args(["--length", &length.to_string()])
             .args(["--reps", &reps.to_string()])
             .args(["--decode-tokens", &decode.to_string()])
-            .output()
-            .context("starting a bench worker")?;
+            .args(["--compression-ratio", &args.compression_ratio.to_string()]);
+        if let Some(p) = press {
+            command.args(["--press", p]);
+        }
+        let output = command.output().context("starting a bench worker")?;
         if !output.status.success() {
             eprintln!(
                 "bench: worker for {length} tokens failed: {}",
@@ -271,44 +345,58 @@ fn report(
     let doc = json!({"model": model, "machine": machine(), "results": results});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     let mut csv = String::from(
-        "length,prefill_tok_per_s,decode_tok_per_s,cache_bytes,peak_rss_kib,ref_prefill_tok_per_s,ref_decode_tok_per_s\n",
+        "length,press,compression_ratio,prefill_tok_per_s,decode_tok_per_s,press_overhead,cache_bytes,peak_rss_kib,ref_prefill_tok_per_s,ref_decode_tok_per_s,ref_press_overhead\n",
     );
     println!(
-        "{:>7} {:>12} {:>12} {:>12} {:>10} | {:>12} {:>12} {:>8} {:>8}",
+        "{:>7} {:<28} {:>11} {:>10} {:>9} {:>10} {:>9} | {:>11} {:>10} {:>9} {:>8} {:>8}",
         "tokens",
+        "press",
         "prefill t/s",
         "decode t/s",
+        "press %",
         "cache MiB",
         "peak MiB",
         "ref prefill",
         "ref decode",
+        "ref press",
         "prefill×",
         "decode×"
     );
     for m in results {
-        let r = reference.and_then(|r| reference_for(r, "2", m.length));
-        let (rp, rd) = r.map_or((f64::NAN, f64::NAN), |(p, d)| (p, d));
+        let r = reference.and_then(|r| reference_for(r, "2", m));
+        let (rp, rd, ro) = r.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        let overhead = median(&m.press_s) / median(&m.prefill_s);
+        let label = m.press.as_ref().map_or("none".to_string(), |p| {
+            format!("{p} @ {}", m.compression_ratio)
+        });
         println!(
-            "{:>7} {:>12.1} {:>12.2} {:>12.1} {:>10.0} | {:>12.1} {:>12.2} {:>8.2} {:>8.2}",
+            "{:>7} {:<28} {:>11.1} {:>10.2} {:>8.1}% {:>10.1} {:>9.0} | {:>11.1} {:>10.2} {:>8.1}% {:>8.2} {:>8.2}",
             m.length,
+            label,
             m.prefill_tok_per_s,
             m.decode_tok_per_s,
+            100.0 * overhead,
             m.cache_bytes_after_prefill as f64 / (1 << 20) as f64,
             m.peak_rss_kib as f64 / 1024.0,
             rp,
             rd,
+            100.0 * ro,
             m.prefill_tok_per_s / rp,
             m.decode_tok_per_s / rd
         );
         csv.push_str(&format!(
-            "{},{:.3},{:.3},{},{},{:.3},{:.3}\n",
+            "{},{},{},{:.3},{:.3},{:.5},{},{},{:.3},{:.3},{:.5}\n",
             m.length,
+            m.press.as_deref().unwrap_or("none").replace(',', ";"),
+            m.compression_ratio,
             m.prefill_tok_per_s,
             m.decode_tok_per_s,
+            overhead,
             m.cache_bytes_after_prefill,
             m.peak_rss_kib,
             rp,
-            rd
+            rd,
+            ro
         ));
     }
     std::fs::write(out.join("bench.csv"), csv)?;
