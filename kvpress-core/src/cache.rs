@@ -299,7 +299,7 @@ impl<B: Backend> LayerCache<B> {
     }
 
     /// Keeps the first `lens[h]` entries of every head `h` (drops a question and its answer).
-    /// Heads already shorter are left as they are.
+    /// Heads already shorter are left as they are; the next position is not changed.
     pub fn truncate(&mut self, lens: &[usize]) {
         let lens: Vec<usize> = self
             .positions
@@ -315,9 +315,6 @@ impl<B: Backend> LayerCache<B> {
         }
         for (head, &len) in self.origins.iter_mut().zip(&lens) {
             head.truncate(len);
-        }
-        if let Some(last) = self.positions.iter().flatten().max() {
-            self.next_position = self.next_position.min(last + 1);
         }
         self.storage = match std::mem::replace(&mut self.storage, Storage::Empty) {
             Storage::Empty => Storage::Empty,
@@ -473,6 +470,13 @@ fn tensor_bytes<B: Backend>(t: &Tensor<B, 4>) -> usize {
     t.shape().num_elements() * t.dtype().size()
 }
 
+/// The state [`KvCache::rollback`] returns to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheMark {
+    lengths: Vec<Vec<usize>>,
+    next_positions: Vec<usize>,
+}
+
 /// The caches of every layer of a model.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
@@ -530,11 +534,24 @@ impl<B: Backend> KvCache<B> {
         self.layers.first().map_or(0, LayerCache::next_position)
     }
 
-    /// Truncates every head of every layer to the matching entry of `lengths`
-    /// (`[layer][head]`, as [`KvCache::tokens_per_head`] returns).
-    pub fn truncate_to(&mut self, lengths: &[Vec<usize>]) {
-        for (layer, lens) in self.layers.iter_mut().zip(lengths) {
+    /// A mark to [`KvCache::rollback`] to: every head's length and every layer's next position.
+    pub fn mark(&self) -> CacheMark {
+        CacheMark {
+            lengths: self.tokens_per_head(),
+            next_positions: self.layers.iter().map(LayerCache::next_position).collect(),
+        }
+    }
+
+    /// Drops everything appended since `mark` was taken (a question and its answer).
+    pub fn rollback(&mut self, mark: &CacheMark) {
+        for ((layer, lens), &next) in self
+            .layers
+            .iter_mut()
+            .zip(&mark.lengths)
+            .zip(&mark.next_positions)
+        {
             layer.truncate(lens);
+            layer.next_position = next;
         }
     }
 

@@ -18,7 +18,7 @@ pub mod error;
 pub mod press;
 pub mod rope;
 
-pub use cache::{KvCache, LayerCache};
+pub use cache::{CacheMark, KvCache, LayerCache};
 pub use error::CoreError;
 pub use press::{
     AttentionWeights, HostScores, LayerInputs, Press, Scorer, ScorerPress, host_scores,

@@ -185,6 +185,34 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         Ok(cache)
     }
 
+    /// Answers every question of `prompt` greedily from `cache` (the prefilled context), removing
+    /// each question and answer from the cache afterwards. Questions continue after the
+    /// uncompressed context, or after the kept entries when a press re-rotated them to
+    /// `0..kept` (key_rerotation).
+    pub fn answer(
+        &self,
+        prompt: &Prompt,
+        cache: &mut KvCache<B>,
+        max_new_tokens: usize,
+    ) -> Result<Vec<String>> {
+        let context = cache.mark();
+        let question_start = cache.next_position();
+        let options = GenerationOptions {
+            max_new_tokens,
+            eos_token_ids: self.eos_token_ids.clone(),
+            first_token_never_stops: true,
+            ..Default::default()
+        };
+        let mut answers = Vec::with_capacity(prompt.question_ids.len());
+        for question in &prompt.question_ids {
+            let generation =
+                continue_generation(self.model, cache, question, question_start, &options, false)?;
+            answers.push(self.tokenizer.decode(&generation.tokens, true)?);
+            cache.rollback(&context);
+        }
+        Ok(answers)
+    }
+
     /// Compresses the context with `press` (none: no compression) and answers every question.
     pub fn run(&self, request: &Request, press: Option<&dyn Press<B>>) -> Result<Output> {
         let prompt = self.prompt(request)?;
@@ -217,29 +245,8 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         } else {
             (cache_bytes as f64 / entries as f64 * full_entries as f64).round() as usize
         };
-        // Questions continue after the uncompressed context, or after the kept entries when a
-        // press re-rotated them to 0..kept (key_rerotation).
-        let question_start = cache.next_position();
-        let options = GenerationOptions {
-            max_new_tokens: request.max_new_tokens,
-            eos_token_ids: self.eos_token_ids.clone(),
-            first_token_never_stops: true,
-            ..Default::default()
-        };
         let start = Instant::now();
-        let mut answers = Vec::with_capacity(prompt.question_ids.len());
-        for question in &prompt.question_ids {
-            let generation = continue_generation(
-                self.model,
-                &mut cache,
-                question,
-                question_start,
-                &options,
-                false,
-            )?;
-            answers.push(self.tokenizer.decode(&generation.tokens, true)?);
-            cache.truncate_to(&tokens_per_head);
-        }
+        let answers = self.answer(&prompt, &mut cache, request.max_new_tokens)?;
         Ok(Output {
             answers,
             context_tokens: n,
