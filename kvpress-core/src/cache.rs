@@ -30,6 +30,18 @@ enum Storage<B: Backend> {
     Ragged(Vec<HeadKv<B>>),
 }
 
+impl<B: Backend> Storage<B> {
+    /// Keys and values of KV head `h` (`[1, 1, n_h, d]` each); `None` if it holds nothing.
+    fn head(&self, h: usize) -> HeadKv<B> {
+        match self {
+            Storage::Empty => None,
+            Storage::Dense(k, v) => (h < k.dims()[1] && k.dims()[2] > 0)
+                .then(|| (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))),
+            Storage::Ragged(heads) => heads.get(h).cloned().flatten(),
+        }
+    }
+}
+
 /// Keys and values of one attention layer.
 ///
 /// # Shapes
@@ -108,12 +120,7 @@ impl<B: Backend> LayerCache<B> {
 
     /// Keys and values of KV head `h` (`[1, 1, n_h, d]` each); `None` if it holds nothing.
     pub fn head(&self, h: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
-        match &self.storage {
-            Storage::Empty => None,
-            Storage::Dense(k, v) => (h < k.dims()[1] && k.dims()[2] > 0)
-                .then(|| (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))),
-            Storage::Ragged(heads) => heads.get(h).cloned().flatten(),
-        }
+        self.storage.head(h)
     }
 
     /// Appends `keys`/`values` (`[1, h_kv, s, d]`) for tokens at `positions` (`s` of them, the
@@ -228,13 +235,7 @@ impl<B: Backend> LayerCache<B> {
             storage => {
                 let heads: Vec<HeadKv<B>> = (0..indices.len())
                     .map(|h| {
-                        let (k, v) = match &storage {
-                            Storage::Dense(k, v) => {
-                                (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))
-                            }
-                            Storage::Ragged(heads) => heads[h].clone()?,
-                            Storage::Empty => return None,
-                        };
+                        let (k, v) = storage.head(h)?;
                         select_entries(k, v, &indices[h])
                     })
                     .collect();
@@ -325,13 +326,7 @@ impl<B: Backend> LayerCache<B> {
             storage => {
                 let heads = (0..lens.len())
                     .map(|h| {
-                        let (k, v) = match &storage {
-                            Storage::Dense(k, v) => {
-                                (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))
-                            }
-                            Storage::Ragged(heads) => heads[h].clone()?,
-                            Storage::Empty => return None,
-                        };
+                        let (k, v) = storage.head(h)?;
                         (lens[h] > 0).then(|| (k.narrow(2, 0, lens[h]), v.narrow(2, 0, lens[h])))
                     })
                     .collect();

@@ -3,12 +3,14 @@
 //! The pieces every other kvpress-rs crate shares:
 //!
 //! - [`cache`]: the per-layer key/value cache with the original position of every kept entry,
-//!   and [`cache::KvCache::bytes`] reporting what it really holds;
+//!   dense or ragged (heads keeping different counts hold exactly their entries), and
+//!   [`cache::KvCache::bytes`] reporting what it really holds;
 //! - [`rope`]: rotary position embeddings in the Hugging Face half-split layout, with the
 //!   `linear`, `llama3` and `yarn` scalings;
 //! - [`attention`]: grouped-query attention computed in query chunks, so that no `n × n` score
 //!   matrix is ever materialised;
-//! - [`press`]: the hook through which a press compresses one layer's cache during prefill.
+//! - [`press`]: the hook through which a press compresses one layer's cache during prefill, the
+//!   scorer trait and the shared top-k / head-wise budget selections.
 //!
 //! Everything is generic over a burn [`Backend`](burn::tensor::backend::Backend).
 

@@ -125,6 +125,18 @@ pub fn check_ratio(ratio: f64) -> Result<()> {
     }
 }
 
+/// Checks that a size parameter (chunk length, block size, …) is positive.
+pub fn check_positive(name: &'static str, value: usize) -> Result<()> {
+    if value > 0 {
+        Ok(())
+    } else {
+        Err(crate::error::CoreError::Invalid {
+            name,
+            detail: "must be positive".into(),
+        })
+    }
+}
+
 /// Per head, the cache indices of the `k` highest scores, returned in ascending (positional)
 /// order. Entries flagged in `protected` (empty: none) rank above all others; ties go to the
 /// lower index. `scores` is `h_kv` rows of `n`.

@@ -10,7 +10,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use kvpress_core::error::{CoreError, Result};
-use kvpress_core::press::{check_ratio, kept_count};
+use kvpress_core::press::{check_positive, check_ratio, kept_count};
 use kvpress_core::{LayerCache, LayerInputs, Press, Scorer, top_scored_indices};
 
 /// The Block press over scorer `S` (default `block_size = 128`).
@@ -77,12 +77,7 @@ impl<S> Block<S> {
 
 impl<B: Backend, S: Scorer<B>> Press<B> for Block<S> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
-        if self.block_size == 0 {
-            return Err(CoreError::Invalid {
-                name: "block_size",
-                detail: "must be positive".into(),
-            });
-        }
+        check_positive("block_size", self.block_size)?;
         if self.compression_ratio == 0.0 {
             return Ok(());
         }

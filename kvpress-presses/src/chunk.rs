@@ -8,7 +8,7 @@
 
 use burn::tensor::backend::Backend;
 use kvpress_core::error::{CoreError, Result};
-use kvpress_core::press::{check_ratio, kept_count};
+use kvpress_core::press::{check_positive, check_ratio, kept_count};
 use kvpress_core::{LayerCache, LayerInputs, Press, RotaryEmbedding, Scorer, top_scored_indices};
 
 /// Chunk-wise compression around any scorer (default chunk length 1024).
@@ -39,12 +39,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Chunk<S> {
         if self.compression_ratio == 0.0 {
             return Ok(());
         }
-        if self.chunk_length == 0 {
-            return Err(CoreError::Invalid {
-                name: "chunk_length",
-                detail: "must be positive".into(),
-            });
-        }
+        check_positive("chunk_length", self.chunk_length)?;
         let Some((keys, values)) = cache.keys_values()? else {
             return Ok(());
         };

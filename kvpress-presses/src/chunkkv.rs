@@ -9,7 +9,7 @@
 
 use burn::tensor::backend::Backend;
 use kvpress_core::error::{CoreError, Result};
-use kvpress_core::press::{check_ratio, host_scores, kept_count, ranked};
+use kvpress_core::press::{check_positive, check_ratio, host_scores, kept_count, ranked};
 use kvpress_core::{LayerCache, LayerInputs, Press, Scorer, keep_top_scored};
 
 /// The ChunkKV press over scorer `S` (default `chunk_length = 20`).
@@ -37,12 +37,7 @@ impl<S> ChunkKv<S> {
 
 impl<B: Backend, S: Scorer<B>> Press<B> for ChunkKv<S> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
-        if self.chunk_length == 0 {
-            return Err(CoreError::Invalid {
-                name: "chunk_length",
-                detail: "must be positive".into(),
-            });
-        }
+        check_positive("chunk_length", self.chunk_length)?;
         if self.compression_ratio == 0.0 {
             return Ok(());
         }

@@ -3,9 +3,15 @@
 //! KV-cache compression methods ("presses"), one file per press, each implementing
 //! [`kvpress_core::Press`] over any burn backend, with the defaults of kvpress 0.5.5.
 //!
-//! Scorers (`Knorm`, `SnapKv`, …) become presses through [`kvpress_core::ScorerPress`];
-//! wrappers (`Chunk`, `PyramidKv`, `Composed`, `Think`) implement `Press` directly. The model
-//! calls them only through the `Press` hook of `kvpress-core`.
+//! - Scorers (`Knorm`, `SnapKv`, `ExpectedAttention`, `StreamingLlm`, `Tova`,
+//!   `ObservedAttention`, `RandomScores`, `KeyDiff`, `LagKv`) become presses through
+//!   [`kvpress_core::ScorerPress`] and are what the wrappers take.
+//! - Wrappers of a scorer: `AdaKv` and `CriticalAdaKv` (head-wise budgets; the cache goes ragged
+//!   and really shrinks), `CriticalKv`, `PerLayerCompression`, `Chunk`, `ChunkKv`, `Block`,
+//!   `KeyRerotation`.
+//! - Presses of their own: `PyramidKv`, `Think`, `Composed`.
+//! - [`registry`] names all of them and builds one from a press expression ([`expr`]), as the
+//!   command line does: `registry::build::<B>("adakv(expected_attention)", Some(0.5))`.
 
 pub use kvpress_core::{LayerInputs, Press};
 

@@ -757,6 +757,7 @@ mod tests {
     use super::*;
     use crate::test_support::{Fixture, kept_positions};
     use burn::backend::Flex;
+    use kvpress_core::LayerCache;
 
     fn err(src: &str, ratio: Option<f64>) -> ExprError {
         match build::<Flex>(src, ratio) {
@@ -793,6 +794,53 @@ mod tests {
                 total == want || info.name == "chunkkv" || info.name == "pyramidkv",
                 "{src}: {total} entries kept"
             );
+        }
+    }
+
+    #[test]
+    fn ratio_zero_leaves_the_cache_untouched() {
+        let f = Fixture::new(2, 2, 300, 8);
+        for info in CATALOGUE {
+            let src = match (info.kind, info.name) {
+                (Kind::Wrapper, "per_layer_compression") => {
+                    format!("{}(knorm, compression_ratios=[0.0])", info.name)
+                }
+                (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
+                (_, "composed") => "composed(knorm, think)".to_string(),
+                _ => info.name.to_string(),
+            };
+            let press = build::<Flex>(&src, Some(0.0)).unwrap_or_else(|e| panic!("{src}: {e}"));
+            let mut cache = LayerCache::default();
+            cache
+                .append(f.keys.clone(), f.keys.clone(), &f.positions)
+                .expect("append");
+            press.compress(&f.inputs(), &mut cache).expect("compress");
+            let all: Vec<usize> = (0..300).collect();
+            assert_eq!(cache.positions(), &[all.clone(), all], "{src}");
+            let (keys, _) = cache.keys_values().expect("dense").expect("kept");
+            let diff = (keys.clone() - f.keys.clone()).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "{src}: keys changed");
+        }
+    }
+
+    #[test]
+    fn contexts_shorter_than_a_window_are_clear_errors() {
+        let f = Fixture::new(2, 2, 40, 8);
+        for (src, word) in [
+            ("snapkv", "window"),
+            ("pyramidkv", "window"),
+            ("adakv(snapkv)", "window"),
+            ("streaming_llm(n_sink=40)", "sink"),
+            ("expected_attention(n_sink=64)", "sink"),
+            ("lagkv(n_sink=50)", "sink"),
+        ] {
+            let press = build::<Flex>(src, Some(0.5)).expect("build");
+            let mut cache = LayerCache::default();
+            cache
+                .append(f.keys.clone(), f.keys.clone(), &f.positions)
+                .expect("append");
+            let err = press.compress(&f.inputs(), &mut cache).expect_err(src);
+            assert!(err.to_string().contains(word), "{src}: {err}");
         }
     }
 
