@@ -7,7 +7,7 @@
 //! the full sequence's last RoPE rows), so window scorers behave exactly as there.
 
 use burn::tensor::backend::Backend;
-use kvpress_core::error::{CoreError, Result};
+use kvpress_core::error::Result;
 use kvpress_core::press::{check_positive, check_ratio, kept_count};
 use kvpress_core::{LayerCache, LayerInputs, Press, RotaryEmbedding, Scorer, top_scored_indices};
 

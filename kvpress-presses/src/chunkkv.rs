@@ -8,7 +8,7 @@
 //! Contexts shorter than one chunk fall back to the plain scorer press.
 
 use burn::tensor::backend::Backend;
-use kvpress_core::error::{CoreError, Result};
+use kvpress_core::error::Result;
 use kvpress_core::press::{check_positive, check_ratio, host_scores, kept_count, ranked};
 use kvpress_core::{LayerCache, LayerInputs, Press, Scorer, keep_top_scored};
 
