@@ -212,36 +212,17 @@ impl<B: Backend> LayerCache<B> {
                 .collect()
         };
         let (positions, origins) = (pick(&self.positions), pick(&self.origins));
-        let uniform = indices.iter().all(|i| i.len() == indices[0].len());
+        // One `select` per head then one concatenation: far cheaper on CPU backends than a
+        // gather with indices expanded over the head dimension.
         let storage = std::mem::replace(&mut self.storage, Storage::Empty);
-        self.storage = match storage {
-            Storage::Empty => Storage::Empty,
-            _ if indices.iter().all(Vec::is_empty) => Storage::Empty,
-            Storage::Dense(k, v) if uniform => {
-                let [b, h_kv, _, d] = k.dims();
-                let kept = indices[0].len();
-                let mut flat = Vec::with_capacity(h_kv * kept * d);
-                for head in indices {
-                    for &i in head {
-                        flat.extend(std::iter::repeat_n(i as i64, d));
-                    }
-                }
-                let idx = Tensor::<B, 4, Int>::from_data(
-                    TensorData::new(flat, [b, h_kv, kept, d]),
-                    &k.device(),
-                );
-                Storage::Dense(k.gather(2, idx.clone()), v.gather(2, idx))
-            }
-            storage => {
-                let heads: Vec<HeadKv<B>> = (0..indices.len())
-                    .map(|h| {
-                        let (k, v) = storage.head(h)?;
-                        select_entries(k, v, &indices[h])
-                    })
-                    .collect();
-                ragged_or_dense(heads)
-            }
-        };
+        self.storage = ragged_or_dense(
+            (0..indices.len())
+                .map(|h| {
+                    let (k, v) = storage.head(h)?;
+                    select_entries(k, v, &indices[h])
+                })
+                .collect(),
+        );
         self.positions = positions;
         self.origins = origins;
         Ok(())
