@@ -175,12 +175,14 @@ pub fn chunked_attention<B: Backend>(
     })
 }
 
-/// Causal attention probabilities of the last `w` queries over all `n` keys of a prefill (the
-/// "observation window" of SnapKV, TOVA and relatives): query `i` of the window, at position
-/// `n − w + i`, sees keys `0..=n − w + i`. Only `w × n` scores are formed.
+/// Causal attention probabilities of the last `w` queries over all `n` keys (the "observation
+/// window" of SnapKV, TOVA and relatives). The `m` query rows are the tokens of the last `m`
+/// keys (a prefill: `m = n`; a decoding buffer: the tokens appended since the last compression),
+/// so window query `i` sits at key index `n − w + i` and sees keys `0..=n − w + i`. Only `w × n`
+/// scores are formed.
 ///
 /// # Shapes
-/// - `queries`: `[1, h_q, n, d]` (RoPE applied), `keys`: `[1, h_kv, n, d]`
+/// - `queries`: `[1, h_q, m, d]` (RoPE applied), `keys`: `[1, h_kv, n, d]`, `w ≤ m ≤ n`
 /// - returns `[1, h_q, w, n]`
 pub fn window_attention<B: Backend>(
     queries: &Tensor<B, 4>,
@@ -188,26 +190,26 @@ pub fn window_attention<B: Backend>(
     w: usize,
     scale: f32,
 ) -> Result<Tensor<B, 4>> {
-    let [b, h, n, d] = queries.dims();
-    let [kb, h_kv, kn, kd] = keys.dims();
-    if b != 1 || kb != 1 || kn != n || kd != d || h_kv == 0 || h % h_kv != 0 {
+    let [b, h, m, d] = queries.dims();
+    let [kb, h_kv, n, kd] = keys.dims();
+    if b != 1 || kb != 1 || m > n || kd != d || h_kv == 0 || h % h_kv != 0 {
         return Err(CoreError::Shape {
             context: "window_attention",
             detail: format!("queries {:?}, keys {:?}", queries.dims(), keys.dims()),
         });
     }
-    if w == 0 || w > n {
+    if w == 0 || w > m {
         return Err(CoreError::Invalid {
             name: "window_size",
             detail: format!(
-                "a window of {w} queries needs a context of at least {w} tokens, got {n}"
+                "a window of {w} queries needs a context of at least {w} tokens, got {m}"
             ),
         });
     }
     let g = h / h_kv;
     let q = queries
         .clone()
-        .narrow(2, n - w, w)
+        .narrow(2, m - w, w)
         .reshape([1, h_kv, g * w, d]);
     let scores = q.matmul(keys.clone().swap_dims(2, 3)).mul_scalar(scale);
     let rows: Vec<usize> = (n - w..n).collect();

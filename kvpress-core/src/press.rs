@@ -64,10 +64,30 @@ impl<B: Backend> Clone for AttentionWeights<'_, B> {
 
 impl<B: Backend> Copy for AttentionWeights<'_, B> {}
 
-/// A KV-cache compression method applied layer by layer during prefill.
+/// A KV-cache compression method applied layer by layer, during prefill and (for
+/// decoding-time presses) after every later forward.
 pub trait Press<B: Backend>: Send + Sync {
     /// Compresses `cache` (the layer's full prefilled cache) in place.
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()>;
+
+    /// Called once per layer after every forward that follows the prefill (question tokens,
+    /// generated tokens), with that forward's inputs and the layer's cache. Default: nothing.
+    fn compress_decoding(
+        &self,
+        _inputs: &LayerInputs<'_, B>,
+        _cache: &mut LayerCache<B>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// True when [`Press::compress_decoding`] changes the cache (so one compressed context
+    /// cannot serve several questions).
+    fn compresses_during_decoding(&self) -> bool {
+        false
+    }
+
+    /// Forgets state kept across forwards; called before each new prefill. Default: nothing.
+    fn reset(&self) {}
 }
 
 /// Scores every cached entry of a layer; higher means more worth keeping.
@@ -105,6 +125,22 @@ impl<B: Backend, S: Scorer<B> + ?Sized> Scorer<B> for Box<S> {
 impl<B: Backend, P: Press<B> + ?Sized> Press<B> for Box<P> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
         (**self).compress(inputs, cache)
+    }
+
+    fn compress_decoding(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<()> {
+        (**self).compress_decoding(inputs, cache)
+    }
+
+    fn compresses_during_decoding(&self) -> bool {
+        (**self).compresses_during_decoding()
+    }
+
+    fn reset(&self) {
+        (**self).reset()
     }
 }
 
@@ -342,6 +378,22 @@ impl<B: Backend> Press<B> for TimedPress<'_, B> {
         let spent = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.nanos.fetch_add(spent, Ordering::Relaxed);
         result
+    }
+
+    fn compress_decoding(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<()> {
+        self.inner.compress_decoding(inputs, cache)
+    }
+
+    fn compresses_during_decoding(&self) -> bool {
+        self.inner.compresses_during_decoding()
+    }
+
+    fn reset(&self) {
+        self.inner.reset()
     }
 }
 

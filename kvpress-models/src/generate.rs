@@ -149,20 +149,30 @@ pub fn generate<B: Backend>(
     keep_step_logits: bool,
 ) -> Result<Generation> {
     let mut cache = model.new_cache();
-    continue_generation(model, &mut cache, prompt, 0, options, keep_step_logits)
+    continue_generation(
+        model,
+        &mut cache,
+        prompt,
+        0,
+        options,
+        &ForwardOptions::default(),
+        keep_step_logits,
+    )
 }
 
-/// Decodes after `tokens`, placed at positions `start..` on top of an existing `cache`.
+/// Decodes after `tokens`, placed at positions `start..` on top of an existing `cache`; every
+/// forward runs with `forward` (a decoding-time press acts there).
 pub fn continue_generation<B: Backend>(
     model: &Llama<B>,
     cache: &mut KvCache<B>,
     tokens: &[u32],
     start: usize,
     options: &GenerationOptions,
+    forward: &ForwardOptions<'_, B>,
     keep_step_logits: bool,
 ) -> Result<Generation> {
     let positions: Vec<usize> = (start..start + tokens.len()).collect();
-    let hidden = model.forward(tokens, &positions, cache, &ForwardOptions::default())?;
+    let hidden = model.forward(tokens, &positions, cache, forward)?;
     let prompt_logits = model.last_logits(hidden)?;
     let mut out = Generation {
         tokens: Vec::with_capacity(options.max_new_tokens),
@@ -187,7 +197,7 @@ pub fn continue_generation<B: Backend>(
         if stop || out.tokens.len() >= options.max_new_tokens {
             break;
         }
-        let hidden = model.forward(&[next], &[pos], cache, &ForwardOptions::default())?;
+        let hidden = model.forward(&[next], &[pos], cache, forward)?;
         let logits = model.last_logits(hidden)?;
         next = choose(&logits);
         if keep_step_logits {

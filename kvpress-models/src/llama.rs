@@ -118,7 +118,8 @@ pub struct Llama<B: Backend> {
 
 /// What one forward pass does besides computing hidden states.
 pub struct ForwardOptions<'a, B: Backend> {
-    /// Press called on each layer after its attention (prefill only).
+    /// Press called on each layer after its attention: [`Press::compress`] when the forward
+    /// is a prefill (the cache was empty), [`Press::compress_decoding`] otherwise.
     pub press: Option<&'a dyn Press<B>>,
 }
 
@@ -408,7 +409,7 @@ impl<B: Backend> Llama<B> {
                 .swap_dims(1, 2)
                 .reshape([1, s, attn.n_heads * attn.head_dim]);
             x = x + attn.o_proj.forward(out);
-            if let (true, Some(press)) = (prefill, options.press) {
+            if let Some(press) = options.press {
                 let inputs = LayerInputs {
                     layer: index,
                     num_layers: self.layers.len(),
@@ -423,7 +424,11 @@ impl<B: Backend> Llama<B> {
                         o_proj: &attn.o_proj.weight,
                     },
                 };
-                press.compress(&inputs, layer_cache)?;
+                if prefill {
+                    press.compress(&inputs, layer_cache)?;
+                } else {
+                    press.compress_decoding(&inputs, layer_cache)?;
+                }
             }
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h);

@@ -174,6 +174,9 @@ impl<'a, B: Backend> Pipeline<'a, B> {
 
     /// Prefills `context_ids` at positions `0..n`, compressing every layer with `press`.
     pub fn prefill(&self, context_ids: &[u32], press: Option<&dyn Press<B>>) -> Result<KvCache<B>> {
+        if let Some(p) = press {
+            p.reset();
+        }
         let mut cache = self.model.new_cache();
         let positions: Vec<usize> = (0..context_ids.len()).collect();
         self.model.forward(
@@ -194,7 +197,10 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         prompt: &Prompt,
         cache: &mut KvCache<B>,
         max_new_tokens: usize,
+        press: Option<&dyn Press<B>>,
     ) -> Result<Vec<String>> {
+        one_question_for_decoding_presses(press, prompt.question_ids.len())?;
+        let forward = ForwardOptions { press };
         let context = cache.mark();
         let question_start = cache.next_position();
         let options = GenerationOptions {
@@ -205,8 +211,15 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         };
         let mut answers = Vec::with_capacity(prompt.question_ids.len());
         for question in &prompt.question_ids {
-            let generation =
-                continue_generation(self.model, cache, question, question_start, &options, false)?;
+            let generation = continue_generation(
+                self.model,
+                cache,
+                question,
+                question_start,
+                &options,
+                &forward,
+                false,
+            )?;
             answers.push(self.tokenizer.decode(&generation.tokens, true)?);
             cache.rollback(&context);
         }
@@ -216,6 +229,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
     /// Compresses the context with `press` (none: no compression) and answers every question.
     pub fn run(&self, request: &Request, press: Option<&dyn Press<B>>) -> Result<Output> {
         let prompt = self.prompt(request)?;
+        one_question_for_decoding_presses(press, prompt.question_ids.len())?;
         let n = prompt.context_ids.len();
         let longest = prompt.question_ids.iter().map(Vec::len).max().unwrap_or(0);
         let needed = n + longest + request.max_new_tokens;
@@ -246,7 +260,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             (cache_bytes as f64 / entries as f64 * full_entries as f64).round() as usize
         };
         let start = Instant::now();
-        let answers = self.answer(&prompt, &mut cache, request.max_new_tokens)?;
+        let answers = self.answer(&prompt, &mut cache, request.max_new_tokens, press)?;
         Ok(Output {
             answers,
             context_tokens: n,
@@ -262,4 +276,20 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             answer_seconds: start.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// A press that compresses during decoding changes the context's entries, so the cache cannot
+/// be rolled back to serve a second question (kvpress refuses this too).
+fn one_question_for_decoding_presses<B: Backend>(
+    press: Option<&dyn Press<B>>,
+    questions: usize,
+) -> Result<()> {
+    if questions > 1 && press.is_some_and(|p| p.compresses_during_decoding()) {
+        return Err(ModelError::Input(
+            "a press that compresses during decoding changes the context's cache, so it answers \
+             one question per context; ask the questions one at a time"
+                .into(),
+        ));
+    }
+    Ok(())
 }

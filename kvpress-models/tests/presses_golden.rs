@@ -319,7 +319,10 @@ fn check_answer(
     prompt: &Prompt,
     cache: &mut KvCache<B>,
 ) {
-    let answers = setup.pipeline().answer(prompt, cache, 24).expect("answer");
+    let answers = setup
+        .pipeline()
+        .answer(prompt, cache, 24, None)
+        .expect("answer");
     match want["answer"].as_str() {
         Some(answer) => assert_eq!(answers[0], answer, "{name}: answer"),
         None => assert!(!answers[0].is_empty()),

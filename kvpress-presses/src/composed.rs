@@ -18,4 +18,25 @@ impl<B: Backend> Press<B> for Composed<B> {
         }
         Ok(())
     }
+
+    fn compress_decoding(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<()> {
+        for press in &self.presses {
+            press.compress_decoding(inputs, cache)?;
+        }
+        Ok(())
+    }
+
+    fn compresses_during_decoding(&self) -> bool {
+        self.presses.iter().any(|p| p.compresses_during_decoding())
+    }
+
+    fn reset(&self) {
+        for press in &self.presses {
+            press.reset();
+        }
+    }
 }

@@ -4,8 +4,9 @@
 //!
 //! For one layer with `n` tokens, `T = n − n_sink`:
 //! 1. `Q` = pre-RoPE queries of tokens `n_sink..n` (`[1, h_q, T, d]`); `μ = mean_t Q_t`,
-//!    `Σ = (1/T) Σ_t (Q_t − μ)(Q_t − μ)ᵀ`.
-//! 2. `R̄` = RoPE rotation averaged over positions `n .. n + n_future_positions`;
+//!    `Σ = (1/T) Σ_t (Q_t − μ)(Q_t − μ)ᵀ`. In decoding, the buffered recent queries instead.
+//! 2. `R̄` = RoPE rotation averaged over the `n_future_positions` positions after the last
+//!    query (`n ..` in a prefill; true absolute positions in decoding);
 //!    `μ' = R̄ μ`, `Σ' = R̄ Σ R̄ᵀ`.
 //! 3. For non-sink keys `k_i` of the head's KV group: `z_i = μ'·k_i/√d + k_iᵀ Σ' k_i / (2d)`
 //!    (covariance term optional), `a = softmax_i(z)`, averaged over the query heads of the group.
@@ -61,8 +62,8 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
             });
         }
         let queries = inputs.queries_pre_rope;
-        let [_, h, qn, _] = queries.dims();
-        if qn != n || h % h_kv != 0 {
+        let [_, h, m, _] = queries.dims();
+        if m > n || m != inputs.positions.len() || h % h_kv != 0 {
             return Err(CoreError::Shape {
                 context: "expected_attention",
                 detail: format!("queries {:?} for keys {:?}", queries.dims(), keys.dims()),
@@ -71,11 +72,25 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
         let g = h / h_kv;
         let t = n - sink;
         let device = keys.device();
-        // 1. Gaussian statistics of the context's queries (sinks excluded).
-        let q = queries.clone().narrow(2, sink, t); // [1, h, T, d]
+        // 1. Gaussian statistics of the queries at hand (the context's in a prefill, the
+        //    buffered recent ones in decoding), sink positions excluded.
+        let first = inputs
+            .positions
+            .iter()
+            .position(|&p| p >= sink)
+            .unwrap_or(m);
+        if first == m {
+            return Err(CoreError::Invalid {
+                name: "n_sink",
+                detail: "expected_attention has no query beyond the sinks to model".into(),
+            });
+        }
+        let q = queries.clone().narrow(2, first, m - first); // [1, h, T_q, d]
+        let rows = m - first;
         let mean = q.clone().mean_dim(2); // [1, h, 1, d]
-        // 2. Averaged rotation over the next positions.
-        let future: Vec<usize> = (n..n + self.n_future_positions.max(1)).collect();
+        // 2. Averaged rotation over the positions after the last query.
+        let next = inputs.positions.iter().max().map_or(n, |&p| p + 1);
+        let future: Vec<usize> = (next..next + self.n_future_positions.max(1)).collect();
         let r = inputs
             .rope
             .averaged_rotation::<B>(&future, &device)
@@ -96,7 +111,7 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
                 .clone()
                 .swap_dims(2, 3)
                 .matmul(centered)
-                .div_scalar(t as f32); // [1, h, d, d]
+                .div_scalar(rows as f32); // [1, h, d, d]
             let cov_rot = r.matmul(cov).matmul(r_t); // R̄ Σ R̄ᵀ
             let quadratic = (k.clone().matmul(cov_rot) * k).sum_dim(3); // [1, h, T, 1]
             logits = logits + quadratic.div_scalar(2.0 * d as f32);

@@ -22,6 +22,7 @@ use crate::chunkkv::ChunkKv;
 use crate::composed::Composed;
 use crate::critical_adakv::CriticalAdaKv;
 use crate::critical_kv::CriticalKv;
+use crate::decoding::{Decoding, Target};
 use crate::expected_attention::ExpectedAttention;
 use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
 use crate::key_rerotation::KeyRerotation;
@@ -30,6 +31,7 @@ use crate::knorm::Knorm;
 use crate::lagkv::LagKv;
 use crate::observed_attention::ObservedAttention;
 use crate::per_layer_compression::PerLayerCompression;
+use crate::prefill_decoding::PrefillDecoding;
 use crate::pyramidkv::PyramidKv;
 use crate::random::RandomScores;
 use crate::snapkv::SnapKv;
@@ -245,6 +247,63 @@ pub const CATALOGUE: &[PressInfo] = &[
         params: &[],
     },
     PressInfo {
+        name: "decoding",
+        kind: Kind::Wrapper,
+        summary: "compresses while generating: every compression_interval steps, back to target_size",
+        params: &[
+            param(
+                "compression_interval",
+                "512",
+                "generated tokens between compressions",
+            ),
+            param(
+                "target_size",
+                "2048",
+                "entries per layer kept by each compression",
+            ),
+            param(
+                "hidden_states_buffer_size",
+                "256",
+                "recent tokens whose queries the scorer sees",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "compression_ratio_decoding",
+        kind: Kind::Wrapper,
+        summary: "decoding, keeping a fixed fraction of all tokens seen so far",
+        params: &[
+            param(
+                "target_compression_ratio",
+                "--compression-ratio",
+                "fraction of the tokens seen that is removed",
+            ),
+            param(
+                "compression_interval",
+                "512",
+                "generated tokens between compressions",
+            ),
+            param(
+                "hidden_states_buffer_size",
+                "256",
+                "recent tokens whose queries the scorer sees",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "prefill_decoding",
+        kind: Kind::Press,
+        summary: "one press for the prefill, another while generating: prefill_decoding(P, D)",
+        params: &[
+            param("prefilling_press", "none", "compresses the context"),
+            param(
+                "decoding_press",
+                "none",
+                "compresses while generating (e.g. decoding(knorm))",
+            ),
+        ],
+    },
+    PressInfo {
         name: "pyramidkv",
         kind: Kind::Press,
         summary: "snapkv with layer budgets shrinking linearly with depth",
@@ -329,7 +388,14 @@ impl Builder<'_> {
                 expr.name_span,
             ));
         };
-        let takes_ratio = info.name != "composed" && info.name != "per_layer_compression";
+        let takes_ratio = !matches!(
+            info.name,
+            "composed"
+                | "per_layer_compression"
+                | "decoding"
+                | "compression_ratio_decoding"
+                | "prefill_decoding"
+        );
         for (i, arg) in expr.args.iter().enumerate() {
             match &arg.key {
                 Some(key) => {
@@ -357,7 +423,9 @@ impl Builder<'_> {
                 None => {
                     let positional_ok = match info.kind {
                         Kind::Wrapper => i == 0,
-                        Kind::Press => info.name == "composed",
+                        Kind::Press => {
+                            info.name == "composed" || (info.name == "prefill_decoding" && i < 2)
+                        }
                         Kind::Scorer => false,
                     };
                     if !positional_ok {
@@ -394,6 +462,34 @@ impl Builder<'_> {
             }
             Kind::Wrapper => {
                 let scorer = self.inner_scorer::<B>(&args)?;
+                if name == "decoding" || name == "compression_ratio_decoding" {
+                    let target = if name == "decoding" {
+                        Target::Size(self.positive(&args, "target_size", 2048)?)
+                    } else {
+                        let r = match self.opt_float(&args, "target_compression_ratio")? {
+                            Some(r) => r,
+                            None => inherited.ok_or_else(|| {
+                                self.error(
+                                    "no target ratio: pass --compression-ratio R or \
+                                     target_compression_ratio=R",
+                                    expr.name_span,
+                                )
+                            })?,
+                        };
+                        if !(0.0..1.0).contains(&r) {
+                            return Err(self.error(
+                                format!("target_compression_ratio must be in [0, 1), got {r}"),
+                                self.span_of(&args, "target_compression_ratio"),
+                            ));
+                        }
+                        Target::Ratio(r)
+                    };
+                    let mut p = Decoding::<B, _>::with_target(scorer, target);
+                    p.compression_interval = self.positive(&args, "compression_interval", 512)?;
+                    p.hidden_states_buffer_size =
+                        self.count(&args, "hidden_states_buffer_size", 256)?;
+                    return Ok(Box::new(p));
+                }
                 if name == "per_layer_compression" {
                     let ratios = self.f64_list(&args, "compression_ratios")?;
                     return Ok(Box::new(
@@ -438,36 +534,56 @@ impl Builder<'_> {
                     _ => Box::new(self.at(KeyRerotation::new(scorer, ratio), at)?),
                 }
             }
-            Kind::Press => match name {
-                "pyramidkv" => {
-                    let mut p = self.at(PyramidKv::new(self.ratio(&args, inherited)?), at)?;
-                    p.snapkv = self.snapkv(&args)?;
-                    p.beta = self.float(&args, "beta", 20.0)?;
-                    if p.beta < 1.0 {
-                        return Err(
-                            self.error("`beta` must be at least 1", self.span_of(&args, "beta"))
-                        );
+            Kind::Press => {
+                match name {
+                    "pyramidkv" => {
+                        let mut p = self.at(PyramidKv::new(self.ratio(&args, inherited)?), at)?;
+                        p.snapkv = self.snapkv(&args)?;
+                        p.beta = self.float(&args, "beta", 20.0)?;
+                        if p.beta < 1.0 {
+                            return Err(self
+                                .error("`beta` must be at least 1", self.span_of(&args, "beta")));
+                        }
+                        Box::new(p)
                     }
-                    Box::new(p)
-                }
-                "think" => {
-                    let ratio = match self.opt_float(&args, "key_channel_compression_ratio")? {
-                        Some(r) => r,
-                        None => self.ratio(&args, inherited)?,
+                    "prefill_decoding" => {
+                        let member = |key: &str, index: usize| -> Result<Option<Box<dyn Press<B>>>, ExprError> {
+                        let arg = find(&args, key).or_else(|| {
+                            args.expr.args.iter().filter(|a| a.key.is_none()).nth(index)
+                        });
+                        match arg.map(|a| (&a.value, a.span)) {
+                            None | Some((Value::None, _)) => Ok(None),
+                            Some((Value::Press(p), _)) => self.press::<B>(p, inherited).map(Some),
+                            Some((other, span)) => Err(self.error(
+                                format!("prefill_decoding takes presses or none, got {}", other.kind()),
+                                span,
+                            )),
+                        }
                     };
-                    let mut p = self.at(Think::new(ratio), at)?;
-                    p.window_size = self.positive(&args, "window_size", 32)?;
-                    Box::new(p)
+                        Box::new(PrefillDecoding {
+                            prefill: member("prefilling_press", 0)?,
+                            decoding: member("decoding_press", 1)?,
+                        })
+                    }
+                    "think" => {
+                        let ratio = match self.opt_float(&args, "key_channel_compression_ratio")? {
+                            Some(r) => r,
+                            None => self.ratio(&args, inherited)?,
+                        };
+                        let mut p = self.at(Think::new(ratio), at)?;
+                        p.window_size = self.positive(&args, "window_size", 32)?;
+                        Box::new(p)
+                    }
+                    _ => {
+                        let members: Vec<&PressExpr> = self.composed_members(&args)?;
+                        let presses = members
+                            .into_iter()
+                            .map(|m| self.press::<B>(m, inherited))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Box::new(Composed { presses })
+                    }
                 }
-                _ => {
-                    let members: Vec<&PressExpr> = self.composed_members(&args)?;
-                    let presses = members
-                        .into_iter()
-                        .map(|m| self.press::<B>(m, inherited))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Box::new(Composed { presses })
-                }
-            },
+            }
         })
     }
 
@@ -779,6 +895,7 @@ mod tests {
                 }
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
+                (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
                 _ => info.name.to_string(),
             };
             let press = match build::<Flex>(&src, Some(0.25)) {
@@ -789,7 +906,11 @@ mod tests {
             let f = Fixture::new(2, 2, 300, 8);
             let kept = kept_positions(&f, press.as_ref());
             let total: usize = kept.iter().map(Vec::len).sum();
-            let want = if info.name == "think" { 600 } else { 450 };
+            // decoding presses leave the prefill alone
+            let want = match info.name {
+                "think" | "decoding" | "compression_ratio_decoding" => 600,
+                _ => 450,
+            };
             assert!(
                 total == want || info.name == "chunkkv" || info.name == "pyramidkv",
                 "{src}: {total} entries kept"
@@ -807,6 +928,7 @@ mod tests {
                 }
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
+                (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
                 _ => info.name.to_string(),
             };
             let press = build::<Flex>(&src, Some(0.0)).unwrap_or_else(|e| panic!("{src}: {e}"));
