@@ -236,6 +236,7 @@ pub fn answer(
                 "tokens_per_head": out.tokens_per_head,
                 "bytes": out.cache_bytes,
                 "bytes_uncompressed": out.uncompressed_bytes,
+                "compression_ratio": 1.0 - out.cache_bytes as f64 / out.uncompressed_bytes.max(1) as f64,
             },
             "timings": {
                 "prefill_seconds": out.prefill_seconds,

@@ -325,3 +325,70 @@ fn text_arguments_are_required() {
         "{err}"
     );
 }
+
+#[test]
+fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
+    use kvpress_presses::registry::{CATALOGUE, Kind};
+    let (model, dir, golden) = press_setup();
+    let context = dir.path().join("context.txt");
+    let context = context.to_str().expect("utf-8");
+    for info in CATALOGUE {
+        let expr = match (info.kind, info.name) {
+            (Kind::Wrapper, "per_layer_compression") => {
+                format!(
+                    "{}(knorm, compression_ratios=[{}])",
+                    info.name,
+                    vec!["0.5"; 30].join(",")
+                )
+            }
+            (Kind::Wrapper, "decoding") => {
+                "decoding(knorm, compression_interval=2, target_size=100)".into()
+            }
+            (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
+            (_, "composed") => "composed(snapkv, think)".to_string(),
+            (_, "prefill_decoding") => {
+                "prefill_decoding(snapkv, decoding(knorm, target_size=100))".into()
+            }
+            _ => info.name.to_string(),
+        };
+        for ratio in ["0.25", "0.75"] {
+            let out = json_of(&kvpress(&[
+                "--model",
+                &model,
+                "generate",
+                "--context-file",
+                context,
+                "--max-context-length",
+                "400",
+                "--question",
+                golden["question"].as_str().expect("question"),
+                "--press",
+                &expr,
+                "--compression-ratio",
+                ratio,
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ]));
+            assert_eq!(out["context_tokens"], 400, "{expr}");
+            assert!(
+                out["answers"][0].as_str().is_some_and(|a| !a.is_empty()),
+                "{expr}"
+            );
+            let real = out["cache"]["compression_ratio"].as_f64().expect("ratio");
+            let r: f64 = ratio.parse().expect("ratio");
+            let expected = match info.name {
+                // channel pruning and decoding-time presses leave the prefilled entries
+                "think" | "decoding" | "compression_ratio_decoding" => 0.0,
+                "per_layer_compression" => 0.5,
+                // whole chunks / layer budgets / window protection round differently
+                _ => r,
+            };
+            assert!(
+                (real - expected).abs() < 0.05,
+                "{expr} @ {ratio}: real compression ratio {real}"
+            );
+            eprintln!("{expr} @ {ratio}: real compression ratio {real:.3}");
+        }
+    }
+}
