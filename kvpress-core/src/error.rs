@@ -22,6 +22,9 @@ pub enum CoreError {
     /// Reading a tensor back to the host failed.
     #[error("tensor data: {0}")]
     Data(String),
+    /// The model run on behalf of a press (KVzip's probes) failed.
+    #[error("model: {0}")]
+    Model(String),
 }
 
 /// Result alias for the core crate.

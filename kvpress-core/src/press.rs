@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::cache::LayerCache;
+use crate::cache::{KvCache, LayerCache};
 use crate::error::Result;
 use crate::rope::RotaryEmbedding;
 
@@ -88,6 +88,38 @@ pub trait Press<B: Backend>: Send + Sync {
 
     /// Forgets state kept across forwards; called before each new prefill. Default: nothing.
     fn reset(&self) {}
+
+    /// Called once after the prefill with the whole model at hand, for presses that score the
+    /// context with extra forwards (KVzip). `context_ids` are the prefilled tokens. Default:
+    /// nothing.
+    fn after_prefill(
+        &self,
+        _model: &dyn ContextModel<B>,
+        _context_ids: &[u32],
+        _cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a press that works on the whole prefilled context may do with the model.
+pub trait ContextModel<B: Backend> {
+    /// Token ids of `text`, without special tokens added.
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+
+    /// The chat template's text before and after a user message (`("", "\n")` without a
+    /// template), as the pipeline splits it.
+    fn template_parts(&self) -> Result<(String, String)>;
+
+    /// Runs `ids` at `positions` through the model on top of `cache`; `hook`'s
+    /// [`Press::compress_decoding`] is called on every layer after its attention.
+    fn forward(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        cache: &mut KvCache<B>,
+        hook: &dyn Press<B>,
+    ) -> Result<()>;
 }
 
 /// Scores every cached entry of a layer; higher means more worth keeping.
@@ -141,6 +173,15 @@ impl<B: Backend, P: Press<B> + ?Sized> Press<B> for Box<P> {
 
     fn reset(&self) {
         (**self).reset()
+    }
+
+    fn after_prefill(
+        &self,
+        model: &dyn ContextModel<B>,
+        context_ids: &[u32],
+        cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        (**self).after_prefill(model, context_ids, cache)
     }
 }
 
@@ -394,6 +435,19 @@ impl<B: Backend> Press<B> for TimedPress<'_, B> {
 
     fn reset(&self) {
         self.inner.reset()
+    }
+
+    fn after_prefill(
+        &self,
+        model: &dyn ContextModel<B>,
+        context_ids: &[u32],
+        cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let result = self.inner.after_prefill(model, context_ids, cache);
+        let spent = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(spent, Ordering::Relaxed);
+        result
     }
 }
 

@@ -24,7 +24,8 @@
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use kvpress_core::press::TimedPress;
+use kvpress_core::error::{CoreError, Result as CoreResult};
+use kvpress_core::press::{ContextModel, TimedPress};
 use kvpress_core::{KvCache, Press};
 
 use crate::ChatMessage;
@@ -129,27 +130,32 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         }
     }
 
+    /// The chat template rendered on one user message `content` and generation prompt, split
+    /// right after `content`: (template prefix + content, end of turn + assistant header).
+    /// Without a template: (BOS + content, "\n"), as kvpress.
+    fn split_template(&self, content: &str) -> Result<(String, String)> {
+        if !self.tokenizer.has_chat_template() {
+            let bos = self.tokenizer.bos_token().unwrap_or_default();
+            return Ok((format!("{bos}{content}"), "\n".to_string()));
+        }
+        let separator = "#".repeat(content.chars().count() + 10);
+        let rendered = self
+            .tokenizer
+            .apply_chat_template(&[ChatMessage::user(format!("{content}{separator}"))], true)?;
+        let (left, right) = rendered.split_once(&separator).ok_or_else(|| {
+            ModelError::ChatTemplate(
+                "the chat template does not keep the user message intact".into(),
+            )
+        })?;
+        Ok((left.to_string(), right.to_string()))
+    }
+
     /// Splits and tokenizes the request as kvpress does.
     pub fn prompt(&self, request: &Request) -> Result<Prompt> {
         if request.context.trim().is_empty() {
             return Err(ModelError::Input("the context is empty".into()));
         }
-        let (context_text, suffix) = if self.tokenizer.has_chat_template() {
-            let separator = "#".repeat(request.context.chars().count() + 10);
-            let rendered = self.tokenizer.apply_chat_template(
-                &[ChatMessage::user(format!("{}{separator}", request.context))],
-                true,
-            )?;
-            let (left, right) = rendered.split_once(&separator).ok_or_else(|| {
-                ModelError::ChatTemplate(
-                    "the chat template does not keep the user message intact".into(),
-                )
-            })?;
-            (left.to_string(), right.to_string())
-        } else {
-            let bos = self.tokenizer.bos_token().unwrap_or_default();
-            (format!("{bos}{}", request.context), "\n".to_string())
-        };
+        let (context_text, suffix) = self.split_template(&request.context)?;
         let mut context_ids = self.tokenizer.encode(&context_text, false)?;
         if let Some(max) = request.max_context_length {
             context_ids.truncate(max);
@@ -185,6 +191,9 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             &mut cache,
             &ForwardOptions { press },
         )?;
+        if let Some(p) = press {
+            p.after_prefill(self, context_ids, &mut cache)?;
+        }
         Ok(cache)
     }
 
@@ -292,4 +301,33 @@ fn one_question_for_decoding_presses<B: Backend>(
         ));
     }
     Ok(())
+}
+
+impl<B: Backend> ContextModel<B> for Pipeline<'_, B> {
+    fn encode(&self, text: &str) -> CoreResult<Vec<u32>> {
+        self.tokenizer
+            .encode(text, false)
+            .map_err(|e| CoreError::Model(e.to_string()))
+    }
+
+    fn template_parts(&self) -> CoreResult<(String, String)> {
+        if !self.tokenizer.has_chat_template() {
+            return Ok((String::new(), "\n".to_string()));
+        }
+        self.split_template("")
+            .map_err(|e| CoreError::Model(e.to_string()))
+    }
+
+    fn forward(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        cache: &mut KvCache<B>,
+        hook: &dyn Press<B>,
+    ) -> CoreResult<()> {
+        self.model
+            .forward(ids, positions, cache, &ForwardOptions { press: Some(hook) })
+            .map(|_| ())
+            .map_err(|e| CoreError::Model(e.to_string()))
+    }
 }

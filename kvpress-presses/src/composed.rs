@@ -3,7 +3,8 @@
 
 use burn::tensor::backend::Backend;
 use kvpress_core::error::Result;
-use kvpress_core::{LayerCache, LayerInputs, Press};
+use kvpress_core::press::ContextModel;
+use kvpress_core::{KvCache, LayerCache, LayerInputs, Press};
 
 /// A chain of presses.
 pub struct Composed<B: Backend> {
@@ -38,5 +39,17 @@ impl<B: Backend> Press<B> for Composed<B> {
         for press in &self.presses {
             press.reset();
         }
+    }
+
+    fn after_prefill(
+        &self,
+        model: &dyn ContextModel<B>,
+        context_ids: &[u32],
+        cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        for press in &self.presses {
+            press.after_prefill(model, context_ids, cache)?;
+        }
+        Ok(())
     }
 }

@@ -28,6 +28,7 @@ pub mod expr;
 pub mod key_rerotation;
 pub mod keydiff;
 pub mod knorm;
+pub mod kvzip;
 pub mod lagkv;
 pub mod observed_attention;
 pub mod per_layer_compression;

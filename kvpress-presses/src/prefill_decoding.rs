@@ -3,7 +3,8 @@
 
 use burn::tensor::backend::Backend;
 use kvpress_core::error::Result;
-use kvpress_core::{LayerCache, LayerInputs, Press};
+use kvpress_core::press::ContextModel;
+use kvpress_core::{KvCache, LayerCache, LayerInputs, Press};
 
 /// Dispatches the prefill to `prefill` and later forwards to `decoding` (either may be absent).
 pub struct PrefillDecoding<B: Backend> {
@@ -41,6 +42,18 @@ impl<B: Backend> Press<B> for PrefillDecoding<B> {
     fn reset(&self) {
         for p in self.prefill.iter().chain(&self.decoding) {
             p.reset();
+        }
+    }
+
+    fn after_prefill(
+        &self,
+        model: &dyn ContextModel<B>,
+        context_ids: &[u32],
+        cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        match &self.prefill {
+            Some(p) => p.after_prefill(model, context_ids, cache),
+            None => Ok(()),
         }
     }
 }

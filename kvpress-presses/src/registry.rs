@@ -28,6 +28,7 @@ use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
 use crate::key_rerotation::KeyRerotation;
 use crate::keydiff::KeyDiff;
 use crate::knorm::Knorm;
+use crate::kvzip::KvZip;
 use crate::lagkv::LagKv;
 use crate::observed_attention::ObservedAttention;
 use crate::per_layer_compression::PerLayerCompression;
@@ -304,6 +305,24 @@ pub const CATALOGUE: &[PressInfo] = &[
         ],
     },
     PressInfo {
+        name: "kvzip",
+        kind: Kind::Press,
+        summary: "attention from reconstructing the context after the prefill; one budget for all heads",
+        params: &[
+            param(
+                "layerwise",
+                "false",
+                "one budget per layer instead of one for the model",
+            ),
+            param("n_sink", "4", "first tokens always kept"),
+            param(
+                "kvzip_plus_normalization",
+                "false",
+                "KVzip+: weight by ‖v W_O‖ / ‖x‖",
+            ),
+        ],
+    },
+    PressInfo {
         name: "pyramidkv",
         kind: Kind::Press,
         summary: "snapkv with layer budgets shrinking linearly with depth",
@@ -564,6 +583,14 @@ impl Builder<'_> {
                             prefill: member("prefilling_press", 0)?,
                             decoding: member("decoding_press", 1)?,
                         })
+                    }
+                    "kvzip" => {
+                        let mut p = self.at(KvZip::new(self.ratio(&args, inherited)?), at)?;
+                        p.layerwise = self.boolean(&args, "layerwise", false)?;
+                        p.n_sink = self.count(&args, "n_sink", 4)?;
+                        p.kvzip_plus_normalization =
+                            self.boolean(&args, "kvzip_plus_normalization", false)?;
+                        Box::new(p)
                     }
                     "think" => {
                         let ratio = match self.opt_float(&args, "key_channel_compression_ratio")? {
@@ -908,7 +935,7 @@ mod tests {
             let total: usize = kept.iter().map(Vec::len).sum();
             // decoding presses leave the prefill alone
             let want = match info.name {
-                "think" | "decoding" | "compression_ratio_decoding" => 600,
+                "think" | "decoding" | "compression_ratio_decoding" | "kvzip" => 600,
                 _ => 450,
             };
             assert!(
