@@ -25,7 +25,10 @@ fn check(expr: &str) {
     let total = 30 * 3 * n;
     let kept: usize = out.tokens_per_head.iter().flatten().sum();
     let share = kept as f64 / total as f64;
-    assert!((share - 0.5).abs() <= 0.005, "{expr}: kept {kept} of {total}");
+    assert!(
+        (share - 0.5).abs() <= 0.005,
+        "{expr}: kept {kept} of {total}"
+    );
     let bytes = out.cache_bytes as f64 / out.uncompressed_bytes as f64;
     assert!((bytes - share).abs() < 1e-6, "{expr}: bytes ratio {bytes}");
     assert!(!out.answers[0].is_empty(), "{expr}: no answer");

@@ -22,6 +22,7 @@ pub mod chunkkv;
 pub mod composed;
 pub mod critical_adakv;
 pub mod critical_kv;
+pub mod cur;
 pub mod decoding;
 pub mod expected_attention;
 pub mod expr;
@@ -36,6 +37,7 @@ pub mod prefill_decoding;
 pub mod pyramidkv;
 pub mod random;
 pub mod registry;
+pub mod simlayerkv;
 pub mod snapkv;
 pub mod streaming_llm;
 #[cfg(all(test, feature = "flex"))]

@@ -22,6 +22,7 @@ use crate::chunkkv::ChunkKv;
 use crate::composed::Composed;
 use crate::critical_adakv::CriticalAdaKv;
 use crate::critical_kv::CriticalKv;
+use crate::cur::{Cur, Leverage};
 use crate::decoding::{Decoding, Target};
 use crate::expected_attention::ExpectedAttention;
 use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
@@ -35,6 +36,7 @@ use crate::per_layer_compression::PerLayerCompression;
 use crate::prefill_decoding::PrefillDecoding;
 use crate::pyramidkv::PyramidKv;
 use crate::random::RandomScores;
+use crate::simlayerkv::SimLayerKv;
 use crate::snapkv::SnapKv;
 use crate::streaming_llm::StreamingLlm;
 use crate::think::Think;
@@ -161,6 +163,34 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "cross_scoring",
                 "false",
                 "keep softmax scores instead of ranks",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "cur",
+        kind: Kind::Scorer,
+        summary: "CUR-style leverage: locally normalised key and value norms combined",
+        params: &[
+            param("num_sinks", "4", "first tokens always kept"),
+            param(
+                "leverage_type",
+                "'kv_product'",
+                "'key', 'value', 'kv_avg' or 'kv_product'",
+            ),
+            param(
+                "use_random_leverage",
+                "false",
+                "project on 20 random directions first",
+            ),
+            param(
+                "use_local_approximation",
+                "true",
+                "normalise inside local windows",
+            ),
+            param(
+                "local_window_size",
+                "16",
+                "window of the local normalisation",
             ),
         ],
     },
@@ -323,6 +353,21 @@ pub const CATALOGUE: &[PressInfo] = &[
         ],
     },
     PressInfo {
+        name: "simlayerkv",
+        kind: Kind::Press,
+        summary: "lazy layers (attention on initial + recent tokens) keep only those",
+        params: &[
+            param(
+                "lazy_threshold",
+                "1.0",
+                "attention share making a layer lazy (1: off)",
+            ),
+            param("n_last", "1", "last queries whose attention is measured"),
+            param("n_recent", "1024", "recent tokens a lazy layer keeps"),
+            param("n_initial", "4", "initial tokens a lazy layer keeps"),
+        ],
+    },
+    PressInfo {
         name: "pyramidkv",
         kind: Kind::Press,
         summary: "snapkv with layer budgets shrinking linearly with depth",
@@ -414,6 +459,7 @@ impl Builder<'_> {
                 | "decoding"
                 | "compression_ratio_decoding"
                 | "prefill_decoding"
+                | "simlayerkv"
         );
         for (i, arg) in expr.args.iter().enumerate() {
             match &arg.key {
@@ -584,6 +630,18 @@ impl Builder<'_> {
                             decoding: member("decoding_press", 1)?,
                         })
                     }
+                    "simlayerkv" => {
+                        let p = SimLayerKv {
+                            lazy_threshold: self.unit(&args, "lazy_threshold", 1.0)?,
+                            n_last: self.positive(&args, "n_last", 1)?,
+                            n_recent: self.positive(&args, "n_recent", 1024)?,
+                            n_initial: self.count(&args, "n_initial", 4)?,
+                        };
+                        if p.n_recent <= p.n_last {
+                            return Err(self.error("`n_recent` must exceed `n_last`", expr.span));
+                        }
+                        Box::new(p)
+                    }
                     "kvzip" => {
                         let mut p = self.at(KvZip::new(self.ratio(&args, inherited)?), at)?;
                         p.layerwise = self.boolean(&args, "layerwise", false)?;
@@ -719,6 +777,39 @@ impl Builder<'_> {
                 seed: self.count(&args, "seed", 0)? as u64,
             }),
             "keydiff" => Box::new(KeyDiff),
+            "cur" => {
+                let leverage = match find(&args, "leverage_type") {
+                    None => Leverage::KvProduct,
+                    Some(arg) => match &arg.value {
+                        Value::Str(name) => Leverage::parse(name).ok_or_else(|| {
+                            self.error(
+                                format!(
+                                    "unknown leverage_type '{name}'; expected 'key', 'value', \
+                                     'kv_avg' or 'kv_product'"
+                                ),
+                                arg.span,
+                            )
+                        })?,
+                        other => {
+                            return Err(self.error(
+                                format!("`leverage_type` must be a string, got {}", other.kind()),
+                                arg.span,
+                            ));
+                        }
+                    },
+                };
+                Box::new(Cur {
+                    num_sinks: self.count(&args, "num_sinks", 4)?,
+                    leverage_type: leverage,
+                    use_random_leverage: self.boolean(&args, "use_random_leverage", false)?,
+                    use_local_approximation: self.boolean(
+                        &args,
+                        "use_local_approximation",
+                        true,
+                    )?,
+                    local_window_size: self.positive(&args, "local_window_size", 16)?,
+                })
+            }
             _ => Box::new(LagKv {
                 n_sink: self.count(&args, "n_sink", 4)?,
                 lag_size: self.positive(&args, "lag_size", 128)?,
@@ -935,7 +1026,7 @@ mod tests {
             let total: usize = kept.iter().map(Vec::len).sum();
             // decoding presses leave the prefill alone
             let want = match info.name {
-                "think" | "decoding" | "compression_ratio_decoding" | "kvzip" => 600,
+                "think" | "decoding" | "compression_ratio_decoding" | "kvzip" | "simlayerkv" => 600,
                 _ => 450,
             };
             assert!(
