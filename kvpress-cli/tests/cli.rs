@@ -344,6 +344,10 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
             (Kind::Wrapper, "decoding") => {
                 "decoding(knorm, compression_interval=2, target_size=100)".into()
             }
+            (Kind::Wrapper, "dms") => {
+                "dms(streaming_llm, threshold=300, sliding_window_size=50)".into()
+            }
+            (_, "simlayerkv") => "simlayerkv(lazy_threshold=0.5, n_recent=100)".into(),
             (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
             (_, "composed") => "composed(snapkv, think)".to_string(),
             (_, "prefill_decoding") => {
@@ -379,15 +383,22 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
             let r: f64 = ratio.parse().expect("ratio");
             let expected = match info.name {
                 // channel pruning and decoding-time presses leave the prefilled entries
-                "think" | "decoding" | "compression_ratio_decoding" => 0.0,
-                "per_layer_compression" => 0.5,
-                // whole chunks / layer budgets / window protection round differently
-                _ => r,
+                "think" | "decoding" | "compression_ratio_decoding" => Some(0.0),
+                "per_layer_compression" => Some(0.5),
+                // streaming_llm scores entry i with i: positions 4..300 (not the sinks) leave
+                // the window of 50 below the threshold
+                "dms" => Some(296.0 / 400.0),
+                // lazy layers are found by attention, not by the ratio
+                "simlayerkv" => None,
+                _ => Some(r),
             };
-            assert!(
-                (real - expected).abs() < 0.05,
-                "{expr} @ {ratio}: real compression ratio {real}"
-            );
+            match expected {
+                Some(e) => assert!(
+                    (real - e).abs() < 0.05,
+                    "{expr} @ {ratio}: real compression ratio {real}"
+                ),
+                None => assert!((0.0..1.0).contains(&real), "{expr}: {real}"),
+            }
             eprintln!("{expr} @ {ratio}: real compression ratio {real:.3}");
         }
     }

@@ -24,6 +24,7 @@ pub mod critical_adakv;
 pub mod critical_kv;
 pub mod cur;
 pub mod decoding;
+pub mod dms;
 pub mod expected_attention;
 pub mod expr;
 pub mod key_rerotation;

@@ -24,6 +24,7 @@ use crate::critical_adakv::CriticalAdaKv;
 use crate::critical_kv::CriticalKv;
 use crate::cur::{Cur, Leverage};
 use crate::decoding::{Decoding, Target};
+use crate::dms::Dms;
 use crate::expected_attention::ExpectedAttention;
 use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
 use crate::key_rerotation::KeyRerotation;
@@ -300,6 +301,20 @@ pub const CATALOGUE: &[PressInfo] = &[
         ],
     },
     PressInfo {
+        name: "dms",
+        kind: Kind::Wrapper,
+        summary: "evicts tokens leaving a sliding window when their score is below a threshold",
+        params: &[
+            param(
+                "threshold",
+                "required",
+                "tokens scoring below it are evicted",
+            ),
+            param("sliding_window_size", "128", "recent tokens always kept"),
+            param("decoding", "false", "also evict while generating"),
+        ],
+    },
+    PressInfo {
         name: "compression_ratio_decoding",
         kind: Kind::Wrapper,
         summary: "decoding, keeping a fixed fraction of all tokens seen so far",
@@ -460,6 +475,7 @@ impl Builder<'_> {
                 | "compression_ratio_decoding"
                 | "prefill_decoding"
                 | "simlayerkv"
+                | "dms"
         );
         for (i, arg) in expr.args.iter().enumerate() {
             match &arg.key {
@@ -553,6 +569,18 @@ impl Builder<'_> {
                     p.compression_interval = self.positive(&args, "compression_interval", 512)?;
                     p.hidden_states_buffer_size =
                         self.count(&args, "hidden_states_buffer_size", 256)?;
+                    return Ok(Box::new(p));
+                }
+                if name == "dms" {
+                    let threshold = self.opt_float(&args, "threshold")?.ok_or_else(|| {
+                        self.error(
+                            "`dms` needs a `threshold=`, e.g. dms(knorm, threshold=-5)",
+                            expr.span,
+                        )
+                    })?;
+                    let mut p = Dms::new(scorer, threshold);
+                    p.sliding_window_size = self.positive(&args, "sliding_window_size", 128)?;
+                    p.decoding = self.boolean(&args, "decoding", false)?;
                     return Ok(Box::new(p));
                 }
                 if name == "per_layer_compression" {
@@ -1011,6 +1039,7 @@ mod tests {
                 (Kind::Wrapper, "per_layer_compression") => {
                     format!("{}(knorm, compression_ratios=[0.25])", info.name)
                 }
+                (Kind::Wrapper, "dms") => "dms(knorm, threshold=-1e9)".to_string(),
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
@@ -1026,7 +1055,12 @@ mod tests {
             let total: usize = kept.iter().map(Vec::len).sum();
             // decoding presses leave the prefill alone
             let want = match info.name {
-                "think" | "decoding" | "compression_ratio_decoding" | "kvzip" | "simlayerkv" => 600,
+                "think"
+                | "decoding"
+                | "compression_ratio_decoding"
+                | "kvzip"
+                | "simlayerkv"
+                | "dms" => 600,
                 _ => 450,
             };
             assert!(
@@ -1044,6 +1078,7 @@ mod tests {
                 (Kind::Wrapper, "per_layer_compression") => {
                     format!("{}(knorm, compression_ratios=[0.0])", info.name)
                 }
+                (Kind::Wrapper, "dms") => "dms(knorm, threshold=-1e9)".to_string(),
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
