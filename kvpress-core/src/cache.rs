@@ -231,24 +231,46 @@ impl<B: Backend> LayerCache<B> {
     /// Replaces the keys of a dense cache by `f(keys)`, which must keep their shape (channel
     /// pruning, re-rotation).
     pub fn map_keys(&mut self, f: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>) -> Result<()> {
+        self.map_dense(true, f)
+    }
+
+    /// Replaces the values of a dense cache by `f(values)`, which must keep their shape (value
+    /// merging).
+    pub fn map_values(&mut self, f: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>) -> Result<()> {
+        self.map_dense(false, f)
+    }
+
+    fn map_dense(
+        &mut self,
+        keys: bool,
+        f: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+    ) -> Result<()> {
+        let what = if keys { "keys" } else { "values" };
         match std::mem::replace(&mut self.storage, Storage::Empty) {
             Storage::Dense(k, v) => {
-                let dims = k.dims();
-                let mapped = f(k.clone());
+                let old = if keys { &k } else { &v };
+                let dims = old.dims();
+                let mapped = f(old.clone());
                 if mapped.dims() != dims {
                     self.storage = Storage::Dense(k, v);
                     return Err(CoreError::Shape {
-                        context: "LayerCache::map_keys",
-                        detail: format!("keys {dims:?} became {:?}", mapped.dims()),
+                        context: "LayerCache::map_keys/map_values",
+                        detail: format!("{what} {dims:?} became {:?}", mapped.dims()),
                     });
                 }
-                self.storage = Storage::Dense(mapped, v);
+                self.storage = if keys {
+                    Storage::Dense(mapped, v)
+                } else {
+                    Storage::Dense(k, mapped)
+                };
                 Ok(())
             }
             Storage::Empty => Ok(()),
             ragged => {
                 self.storage = ragged;
-                Err(ragged_error("transforming the keys of all heads at once"))
+                Err(ragged_error(&format!(
+                    "transforming the {what} of all heads at once"
+                )))
             }
         }
     }

@@ -32,6 +32,7 @@ pub mod keydiff;
 pub mod knorm;
 pub mod kvzip;
 pub mod lagkv;
+pub mod merging;
 pub mod observed_attention;
 pub mod per_layer_compression;
 pub mod prefill_decoding;

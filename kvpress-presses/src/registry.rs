@@ -32,6 +32,7 @@ use crate::keydiff::KeyDiff;
 use crate::knorm::Knorm;
 use crate::kvzip::KvZip;
 use crate::lagkv::LagKv;
+use crate::merging::Merging;
 use crate::observed_attention::ObservedAttention;
 use crate::per_layer_compression::PerLayerCompression;
 use crate::prefill_decoding::PrefillDecoding;
@@ -277,6 +278,23 @@ pub const CATALOGUE: &[PressInfo] = &[
         kind: Kind::Wrapper,
         summary: "re-rotates the kept keys to contiguous positions; the question follows them",
         params: &[],
+    },
+    PressInfo {
+        name: "merging",
+        kind: Kind::Wrapper,
+        summary: "folds each evicted value into the kept entry with the most similar key",
+        params: &[
+            param(
+                "similarity_threshold",
+                "0.0",
+                "smallest cosine similarity that merges",
+            ),
+            param(
+                "merge_fraction",
+                "1.0",
+                "share of the passing evicted entries that merge",
+            ),
+        ],
     },
     PressInfo {
         name: "decoding",
@@ -622,6 +640,18 @@ impl Builder<'_> {
                     "block" => {
                         let mut p = self.at(Block::new(scorer, ratio), at)?;
                         p.block_size = self.positive(&args, "block_size", 128)?;
+                        Box::new(p)
+                    }
+                    "merging" => {
+                        let mut p = self.at(Merging::new(scorer, ratio), at)?;
+                        p.similarity_threshold = self.unit(&args, "similarity_threshold", 0.0)?;
+                        p.merge_fraction = self.unit(&args, "merge_fraction", 1.0)?;
+                        if p.merge_fraction == 0.0 {
+                            return Err(self.error(
+                                "`merge_fraction` must be above 0",
+                                self.span_of(&args, "merge_fraction"),
+                            ));
+                        }
                         Box::new(p)
                     }
                     _ => Box::new(self.at(KeyRerotation::new(scorer, ratio), at)?),
