@@ -135,9 +135,10 @@ impl<S> Merging<S> {
 
 impl<B: Backend, S: Scorer<B>> Press<B> for Merging<S> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.similarity_threshold)
-            || !(self.merge_fraction > 0.0 && self.merge_fraction <= 1.0)
-        {
+        let valid = (0.0..=1.0).contains(&self.similarity_threshold)
+            && self.merge_fraction > 0.0
+            && self.merge_fraction <= 1.0;
+        if !valid {
             return Err(CoreError::Invalid {
                 name: "merging",
                 detail: "similarity_threshold must be in [0, 1] and merge_fraction in (0, 1]"
