@@ -319,6 +319,25 @@ pub fn host_scores<B: Backend, S: Scorer<B> + ?Sized>(
     })
 }
 
+/// Standardises `values` in place: `(x − mean) / max(std, 1e-6)` with the unbiased standard
+/// deviation over all of them (kvpress's global z-score).
+pub fn z_scores(values: &mut [f32]) {
+    let n = values.len();
+    if n == 0 {
+        return;
+    }
+    let mean = values.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+    let var = values
+        .iter()
+        .map(|&x| (x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / (n.max(2) - 1) as f64;
+    let std = var.sqrt().max(1e-6);
+    for x in values.iter_mut() {
+        *x = ((*x as f64 - mean) / std) as f32;
+    }
+}
+
 /// A tensor's values as host `f32`s.
 pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
     t.into_data()

@@ -12,6 +12,8 @@ use kvpress_core::error::{CoreError, Result};
 use kvpress_core::press::to_host;
 use kvpress_core::{LayerInputs, Scorer};
 
+use crate::leverage::gaussians;
+
 /// Which leverage combines keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leverage {
@@ -112,19 +114,9 @@ impl<B: Backend> Scorer<B> for Cur {
         }
         let projection = self.use_random_leverage.then(|| {
             // 20 Gaussian directions / √20, reproducible per layer
-            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ inputs.layer as u64;
-            let mut next = || {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 11) as f64 / (1u64 << 53) as f64).max(f64::MIN_POSITIVE)
-            };
-            let data: Vec<f32> = (0..d * 20)
-                .map(|_| {
-                    let (u, v) = (next(), next());
-                    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() / 20f64.sqrt())
-                        as f32
-                })
+            let data: Vec<f32> = gaussians(inputs.layer as u64, d * 20)
+                .into_iter()
+                .map(|x| (x / 20f64.sqrt()) as f32)
                 .collect();
             Tensor::<B, 2>::from_data(TensorData::new(data, [d, 20]), &keys.device())
         });

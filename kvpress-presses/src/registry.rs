@@ -19,10 +19,11 @@ use crate::adakv::AdaKv;
 use crate::block::Block;
 use crate::chunk::Chunk;
 use crate::chunkkv::ChunkKv;
+use crate::compactor::Compactor;
 use crate::composed::Composed;
 use crate::critical_adakv::CriticalAdaKv;
 use crate::critical_kv::CriticalKv;
-use crate::cur::{Cur, Leverage};
+use crate::cur::{Cur, Leverage as CurLeverage};
 use crate::decoding::{Decoding, Target};
 use crate::dms::Dms;
 use crate::expected_attention::ExpectedAttention;
@@ -32,7 +33,9 @@ use crate::keydiff::KeyDiff;
 use crate::knorm::Knorm;
 use crate::kvzip::KvZip;
 use crate::lagkv::LagKv;
+use crate::leverage::Leverage;
 use crate::merging::Merging;
+use crate::non_causal_attention::NonCausalAttention;
 use crate::observed_attention::ObservedAttention;
 use crate::per_layer_compression::PerLayerCompression;
 use crate::prefill_decoding::PrefillDecoding;
@@ -193,6 +196,34 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "local_window_size",
                 "16",
                 "window of the local normalisation",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "non_causal_attention",
+        kind: Kind::Scorer,
+        summary: "attention received inside bidirectional chunks, times the value norm (z-scored)",
+        params: &[param("chunk_size", "256", "tokens per chunk")],
+    },
+    PressInfo {
+        name: "leverage",
+        kind: Kind::Scorer,
+        summary: "statistical leverage of the centred pre-RoPE keys after a Gaussian sketch",
+        params: &[param("sketch_dimension", "48", "columns of the sketch")],
+    },
+    PressInfo {
+        name: "compactor",
+        kind: Kind::Scorer,
+        summary: "blend of leverage and non-causal chunked attention; edges kept",
+        params: &[
+            param("sink_size_start", "8", "first tokens kept"),
+            param("sink_size_end", "4", "last tokens kept"),
+            param("chunk_size", "256", "chunk of the attention term"),
+            param("sketch_dimension", "48", "columns of the leverage sketch"),
+            param(
+                "blending",
+                "--compression-ratio",
+                "weight of the leverage term",
             ),
         ],
     },
@@ -557,10 +588,14 @@ impl Builder<'_> {
         Ok(match args.info.kind {
             Kind::Scorer => {
                 let ratio = self.ratio(&args, inherited)?;
-                Box::new(self.at(ScorerPress::new(self.scorer::<B>(expr, true)?, ratio), at)?)
+                Box::new(self.at(
+                    ScorerPress::new(self.scorer::<B>(expr, true, Some(ratio))?, ratio),
+                    at,
+                )?)
             }
             Kind::Wrapper => {
-                let scorer = self.inner_scorer::<B>(&args)?;
+                let own = self.opt_float(&args, "compression_ratio")?.or(inherited);
+                let scorer = self.inner_scorer::<B>(&args, own)?;
                 if name == "decoding" || name == "compression_ratio_decoding" {
                     let target = if name == "decoding" {
                         Target::Size(self.positive(&args, "target_size", 2048)?)
@@ -767,7 +802,11 @@ impl Builder<'_> {
     }
 
     /// The scorer a wrapper takes as its first argument.
-    fn inner_scorer<B: Backend>(&self, args: &Args<'_>) -> Result<Box<dyn Scorer<B>>, ExprError> {
+    fn inner_scorer<B: Backend>(
+        &self,
+        args: &Args<'_>,
+        ratio: Option<f64>,
+    ) -> Result<Box<dyn Scorer<B>>, ExprError> {
         let name = args.info.name;
         let Some(first) = args.expr.args.first().filter(|a| a.key.is_none()) else {
             return Err(self.error(
@@ -776,7 +815,7 @@ impl Builder<'_> {
             ));
         };
         match &first.value {
-            Value::Press(inner) => self.scorer(inner, false),
+            Value::Press(inner) => self.scorer(inner, false, ratio),
             other => Err(self.error(
                 format!(
                     "`{name}` needs a scorer as its first argument, got {}",
@@ -788,10 +827,12 @@ impl Builder<'_> {
     }
 
     /// A scorer; `outer` when it is the whole expression (then it may carry the ratio).
+    /// `ratio` is the press's compression ratio, Compactor's default blending.
     fn scorer<B: Backend>(
         &self,
         expr: &PressExpr,
         outer: bool,
+        ratio: Option<f64>,
     ) -> Result<Box<dyn Scorer<B>>, ExprError> {
         let args = self.args(expr)?;
         if args.info.kind != Kind::Scorer {
@@ -835,11 +876,27 @@ impl Builder<'_> {
                 seed: self.count(&args, "seed", 0)? as u64,
             }),
             "keydiff" => Box::new(KeyDiff),
+            "non_causal_attention" => Box::new(NonCausalAttention {
+                chunk_size: self.positive(&args, "chunk_size", 256)?,
+            }),
+            "leverage" => Box::new(Leverage {
+                sketch_dimension: self.positive(&args, "sketch_dimension", 48)?,
+            }),
+            "compactor" => Box::new(Compactor {
+                sink_size_start: self.count(&args, "sink_size_start", 8)?,
+                sink_size_end: self.count(&args, "sink_size_end", 4)?,
+                chunk_size: self.positive(&args, "chunk_size", 256)?,
+                sketch_dimension: self.positive(&args, "sketch_dimension", 48)?,
+                blending: match self.opt_float(&args, "blending")? {
+                    Some(b) => b,
+                    None => ratio.unwrap_or(0.35),
+                },
+            }),
             "cur" => {
                 let leverage = match find(&args, "leverage_type") {
-                    None => Leverage::KvProduct,
+                    None => CurLeverage::KvProduct,
                     Some(arg) => match &arg.value {
-                        Value::Str(name) => Leverage::parse(name).ok_or_else(|| {
+                        Value::Str(name) => CurLeverage::parse(name).ok_or_else(|| {
                             self.error(
                                 format!(
                                     "unknown leverage_type '{name}'; expected 'key', 'value', \
