@@ -45,7 +45,7 @@ pub fn gaussians(seed: u64, count: usize) -> Vec<f64> {
 }
 
 /// Lower Cholesky factor of the symmetric `m × m` matrix `a`, or `None` if not positive definite.
-fn cholesky(a: &[f64], m: usize) -> Option<Vec<f64>> {
+pub fn cholesky(a: &[f64], m: usize) -> Option<Vec<f64>> {
     let mut l = vec![0f64; m * m];
     for i in 0..m {
         for j in 0..=i {
@@ -92,17 +92,19 @@ fn leverages(x: &[f64], n: usize, m: usize) -> Result<Vec<f32>> {
         detail: "the sketched key Gram matrix is not positive definite even with jitter".into(),
     })?;
     Ok((0..n)
-        .map(|i| {
-            // ℓ = ‖L⁻¹ x_i‖² by forward substitution
-            let row = &x[i * m..(i + 1) * m];
-            let mut y = vec![0f64; m];
-            for a in 0..m {
-                let dot: f64 = (0..a).map(|b| l[a * m + b] * y[b]).sum();
-                y[a] = (row[a] - dot) / l[a * m + a];
-            }
-            y.iter().map(|v| v * v).sum::<f64>().max(0.0) as f32
-        })
+        .map(|i| inverse_quadratic(&l, m, &x[i * m..(i + 1) * m]).max(0.0) as f32)
         .collect())
+}
+
+/// `xᵀ A⁻¹ x` from the Cholesky factor `l` of `A` (`m × m`): `‖L⁻¹ x‖²` by forward
+/// substitution.
+pub fn inverse_quadratic(l: &[f64], m: usize, x: &[f64]) -> f64 {
+    let mut y = vec![0f64; m];
+    for a in 0..m {
+        let dot: f64 = (0..a).map(|b| l[a * m + b] * y[b]).sum();
+        y[a] = (x[a] - dot) / l[a * m + a];
+    }
+    y.iter().map(|v| v * v).sum()
 }
 
 impl Leverage {

@@ -17,6 +17,7 @@ pub use kvpress_core::{LayerInputs, Press};
 
 pub mod adakv;
 pub mod block;
+pub mod cap;
 pub mod chunk;
 pub mod chunkkv;
 pub mod compactor;

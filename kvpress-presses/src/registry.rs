@@ -17,6 +17,7 @@ use kvpress_core::{Press, Scorer, ScorerPress};
 
 use crate::adakv::AdaKv;
 use crate::block::Block;
+use crate::cap::Cap;
 use crate::chunk::Chunk;
 use crate::chunkkv::ChunkKv;
 use crate::compactor::Compactor;
@@ -224,6 +225,25 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "blending",
                 "--compression-ratio",
                 "weight of the leverage term",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "cap",
+        kind: Kind::Scorer,
+        summary: "keys aligned with the expected queries and values not yet covered (CAPKV)",
+        params: &[
+            param("tau", "5.0", "sharpness of the alignment weights"),
+            param(
+                "n_future_positions",
+                "512",
+                "future positions of the query anchor",
+            ),
+            param("n_sink", "4", "first tokens always kept"),
+            param(
+                "epsilon",
+                "1e-6",
+                "added to the weights of the capacity matrix",
             ),
         ],
     },
@@ -878,6 +898,12 @@ impl Builder<'_> {
             "keydiff" => Box::new(KeyDiff),
             "non_causal_attention" => Box::new(NonCausalAttention {
                 chunk_size: self.positive(&args, "chunk_size", 256)?,
+            }),
+            "cap" => Box::new(Cap {
+                tau: self.float(&args, "tau", 5.0)?,
+                n_future_positions: self.positive(&args, "n_future_positions", 512)?,
+                n_sink: self.count(&args, "n_sink", 4)?,
+                epsilon: self.float(&args, "epsilon", 1e-6)?,
             }),
             "leverage" => Box::new(Leverage {
                 sketch_dimension: self.positive(&args, "sketch_dimension", 48)?,
