@@ -348,6 +348,7 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
                 "dms(streaming_llm, threshold=300, sliding_window_size=50)".into()
             }
             (_, "simlayerkv") => "simlayerkv(lazy_threshold=0.5, n_recent=100)".into(),
+            (_, "qfilter" | "kvzap") => artefact(dir.path(), info.name),
             (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
             (_, "composed") => "composed(snapkv, think)".to_string(),
             (_, "prefill_decoding") => {
@@ -402,4 +403,32 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
             eprintln!("{expr} @ {ratio}: real compression ratio {real:.3}");
         }
     }
+}
+
+/// A random artefact shaped for the default model (30 layers, 3 KV heads of 64, hidden 576)
+/// and the expression that loads it.
+fn artefact(dir: &std::path::Path, name: &str) -> String {
+    use kvpress_core::artifacts::write_f32;
+    let random =
+        |n: usize| -> Vec<f32> { (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect() };
+    let path = dir.join(format!("{name}.safetensors"));
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = if name == "qfilter" {
+        vec![("q_filters".into(), vec![30, 3, 64], random(30 * 3 * 64))]
+    } else {
+        (0..30)
+            .flat_map(|l| {
+                [
+                    (format!("layers.{l}.weight"), vec![3, 576], random(3 * 576)),
+                    (format!("layers.{l}.bias"), vec![3], random(3)),
+                ]
+            })
+            .collect()
+    };
+    write_f32(&path, &tensors).expect("write artefact");
+    let extra = if name == "kvzap" {
+        ", model_type='linear'"
+    } else {
+        ""
+    };
+    format!("{name}(path='{}'{extra})", path.display())
 }

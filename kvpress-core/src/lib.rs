@@ -14,6 +14,7 @@
 //!
 //! Everything is generic over a burn [`Backend`](burn::tensor::backend::Backend).
 
+pub mod artifacts;
 pub mod attention;
 pub mod cache;
 pub mod error;

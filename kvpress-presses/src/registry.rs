@@ -32,6 +32,7 @@ use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
 use crate::key_rerotation::KeyRerotation;
 use crate::keydiff::KeyDiff;
 use crate::knorm::Knorm;
+use crate::kvzap::KvZap;
 use crate::kvzip::KvZip;
 use crate::lagkv::LagKv;
 use crate::leverage::Leverage;
@@ -41,6 +42,7 @@ use crate::observed_attention::ObservedAttention;
 use crate::per_layer_compression::PerLayerCompression;
 use crate::prefill_decoding::PrefillDecoding;
 use crate::pyramidkv::PyramidKv;
+use crate::qfilter::QFilter;
 use crate::random::RandomScores;
 use crate::simlayerkv::SimLayerKv;
 use crate::snapkv::SnapKv;
@@ -245,6 +247,29 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "1e-6",
                 "added to the weights of the capacity matrix",
             ),
+        ],
+    },
+    PressInfo {
+        name: "qfilter",
+        kind: Kind::Scorer,
+        summary: "learned per-head query direction projected on the keys (file: q_filters [L, Hkv, d])",
+        params: &[param(
+            "path",
+            "required",
+            "safetensors file with `q_filters` [layers, kv_heads, head_dim]",
+        )],
+    },
+    PressInfo {
+        name: "kvzap",
+        kind: Kind::Scorer,
+        summary: "learned per-layer surrogate of KVzip+ scores from hidden states (file)",
+        params: &[
+            param(
+                "path",
+                "required",
+                "safetensors file with layers.{l}[.fc1/.fc2].weight/bias",
+            ),
+            param("model_type", "'mlp'", "'mlp' or 'linear'"),
         ],
     },
     PressInfo {
@@ -899,6 +924,28 @@ impl Builder<'_> {
             "non_causal_attention" => Box::new(NonCausalAttention {
                 chunk_size: self.positive(&args, "chunk_size", 256)?,
             }),
+            "qfilter" => {
+                let (path, span) = self.required_text(&args, "path")?;
+                Box::new(
+                    QFilter::load(std::path::Path::new(&path))
+                        .map_err(|e| self.error(e.to_string(), span))?,
+                )
+            }
+            "kvzap" => {
+                let (path, span) = self.required_text(&args, "path")?;
+                let mlp = match find(&args, "model_type").map(|a| (&a.value, a.span)) {
+                    None => true,
+                    Some((Value::Str(t), _)) if t == "mlp" => true,
+                    Some((Value::Str(t), _)) if t == "linear" => false,
+                    Some((_, span)) => {
+                        return Err(self.error("`model_type` must be 'mlp' or 'linear'", span));
+                    }
+                };
+                Box::new(
+                    KvZap::load(std::path::Path::new(&path), mlp)
+                        .map_err(|e| self.error(e.to_string(), span))?,
+                )
+            }
             "cap" => Box::new(Cap {
                 tau: self.float(&args, "tau", 5.0)?,
                 n_future_positions: self.positive(&args, "n_future_positions", 512)?,
@@ -1079,6 +1126,28 @@ impl Builder<'_> {
         }
     }
 
+    /// A required string argument and its span.
+    fn required_text(&self, args: &Args<'_>, key: &str) -> Result<(String, Span), ExprError> {
+        match find(args, key) {
+            Some(Arg {
+                value: Value::Str(text),
+                span,
+                ..
+            }) => Ok((text.clone(), *span)),
+            Some(arg) => Err(self.error(
+                format!("`{key}` must be a quoted string, got {}", arg.value.kind()),
+                arg.span,
+            )),
+            None => Err(self.error(
+                format!(
+                    "`{}` needs `{key}='…'` (a local file; see `kvpress presses`)",
+                    args.info.name
+                ),
+                args.expr.span,
+            )),
+        }
+    }
+
     /// A required list of ratios in `[0, 1)`.
     fn f64_list(&self, args: &Args<'_>, key: &str) -> Result<Vec<f64>, ExprError> {
         let Some(arg) = find(args, key) else {
@@ -1141,6 +1210,30 @@ mod tests {
         }
     }
 
+    /// `qfilter(path=…)` / `kvzap(path=…, model_type='linear')` over random artefacts for the
+    /// fixtures (one layer, 2 KV heads of 8, hidden size 8), written once.
+    fn artefact_expression(name: &str) -> String {
+        use kvpress_core::artifacts::write_f32;
+        let dir = std::env::temp_dir().join(format!("kvpress-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let random = |n: usize| (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
+        let path = dir.join(format!("{name}.safetensors"));
+        let tensors = match name {
+            "qfilter" => vec![("q_filters".to_string(), vec![1, 2, 8], random(16))],
+            _ => vec![
+                ("layers.0.weight".to_string(), vec![2, 8], random(16)),
+                ("layers.0.bias".to_string(), vec![2], random(2)),
+            ],
+        };
+        write_f32(&path, &tensors).expect("write");
+        let extra = if name == "kvzap" {
+            ", model_type='linear'"
+        } else {
+            ""
+        };
+        format!("{name}(path='{}'{extra})", path.display())
+    }
+
     fn pointed(e: &ExprError) -> &str {
         &e.source[e.span.start..e.span.end]
     }
@@ -1156,6 +1249,7 @@ mod tests {
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
+                (_, "qfilter" | "kvzap") => artefact_expression(info.name),
                 _ => info.name.to_string(),
             };
             let press = match build::<Flex>(&src, Some(0.25)) {
@@ -1195,6 +1289,7 @@ mod tests {
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
+                (_, "qfilter" | "kvzap") => artefact_expression(info.name),
                 _ => info.name.to_string(),
             };
             let press = build::<Flex>(&src, Some(0.0)).unwrap_or_else(|e| panic!("{src}: {e}"));

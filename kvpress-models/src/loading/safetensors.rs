@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use kvpress_core::artifacts::to_f32;
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
+use safetensors::tensor::{Metadata, SafeTensors};
 
 use crate::error::{ModelError, Result};
 use crate::weights::{HostTensor, WeightSource};
@@ -163,46 +164,13 @@ impl WeightSource for SafetensorsWeights {
     }
 }
 
-fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
-
 /// Writes `tensors` (HF names) as one f32 `model.safetensors` file.
 pub fn write_f32(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
-    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let owned: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
         .iter()
-        .map(|(name, t)| {
-            let bytes = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (name.clone(), t.shape.clone(), bytes)
-        })
+        .map(|(name, t)| (name.clone(), t.shape.clone(), t.data.clone()))
         .collect();
-    let mut views = Vec::with_capacity(buffers.len());
-    for (name, shape, bytes) in &buffers {
-        let view = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| {
-            ModelError::Safetensors {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            }
-        })?;
-        views.push((name.clone(), view));
-    }
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| ModelError::Safetensors {
+    kvpress_core::artifacts::write_f32(path, &owned).map_err(|e| ModelError::Safetensors {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })
