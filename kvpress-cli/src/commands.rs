@@ -10,7 +10,9 @@ use kvpress_models::ChatMessage;
 use kvpress_models::ModelFiles;
 use kvpress_models::convert::convert_gguf;
 use kvpress_models::generate::{self as decoding, GenerationOptions, top_k};
+use kvpress_models::llama::ForwardOptions;
 use kvpress_models::pipeline::{Pipeline, Request};
+use kvpress_presses::expected_attention_stats::StatisticsCollector;
 use kvpress_presses::registry::{CATALOGUE, Kind};
 use serde_json::json;
 
@@ -389,4 +391,70 @@ pub fn presses(json: bool) -> anyhow::Result<()> {
          and wrapper also takes compression_ratio=R; --compression-ratio sets the outer press's."
     );
     Ok(())
+}
+
+/// `kvpress calibrate`: query statistics for `expected_attention_stats`.
+pub fn calibrate(
+    model: Option<&Path>,
+    corpus: &Path,
+    out: &Path,
+    samples: usize,
+    sample_chars: usize,
+    n_sink: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(corpus)
+        .with_context(|| format!("reading the corpus {}", corpus.display()))?;
+    let documents: Vec<String> = text
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .take(samples)
+        .map(|d| d.chars().take(sample_chars).collect())
+        .collect();
+    if documents.is_empty() {
+        anyhow::bail!("the corpus {} holds no text", corpus.display());
+    }
+    let files = model::open(model)?;
+    let llama = model::load(&files)?;
+    let collector = StatisticsCollector::new(n_sink);
+    let bar = ProgressBar::new(documents.len() as u64);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("calibrating {bar:40} {pos}/{len} documents [{elapsed}]")
+            .unwrap_or(ProgressStyle::default_bar()),
+    );
+    for doc in &documents {
+        let ids = files.tokenizer.encode(doc, false)?;
+        if ids.len() > n_sink {
+            let positions: Vec<usize> = (0..ids.len()).collect();
+            let mut cache = llama.new_cache();
+            llama.forward(
+                &ids,
+                &positions,
+                &mut cache,
+                &ForwardOptions {
+                    press: Some(&collector),
+                },
+            )?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    collector
+        .save(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    if json {
+        print_json(
+            &json!({"path": out, "documents": documents.len(), "queries": collector.count()}),
+        )
+    } else {
+        println!(
+            "{} ({} documents, {} queries per layer)",
+            out.display(),
+            documents.len(),
+            collector.count()
+        );
+        Ok(())
+    }
 }

@@ -349,6 +349,24 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
             }
             (_, "simlayerkv") => "simlayerkv(lazy_threshold=0.5, n_recent=100)".into(),
             (_, "qfilter" | "kvzap") => artefact(dir.path(), info.name),
+            (_, "expected_attention_stats") => {
+                // statistics measured by `kvpress calibrate` on the context itself
+                let stats = dir.path().join("stats.safetensors");
+                let out = json_of(&kvpress(&[
+                    "--model",
+                    &model,
+                    "calibrate",
+                    "--corpus",
+                    context,
+                    "--out",
+                    stats.to_str().expect("utf-8"),
+                    "--samples",
+                    "3",
+                    "--json",
+                ]));
+                assert!(out["queries"].as_u64().expect("queries") > 100, "{out}");
+                format!("expected_attention_stats(path='{}')", stats.display())
+            }
             (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
             (_, "composed") => "composed(snapkv, think)".to_string(),
             (_, "prefill_decoding") => {

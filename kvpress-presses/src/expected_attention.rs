@@ -43,6 +43,67 @@ impl Default for ExpectedAttention {
     }
 }
 
+impl ExpectedAttention {
+    /// Steps 2–4 for query statistics `mean` (`[1, h_q, 1, d]`) and `cov` (`[1, h_q, d, d]`,
+    /// used when `use_covariance`), future positions from `next`: `[1, h_kv, n]` scores, the
+    /// sinks at 0.
+    pub fn score_with_statistics<B: Backend>(
+        &self,
+        rope: &kvpress_core::RotaryEmbedding,
+        keys: &Tensor<B, 4>,
+        values: &Tensor<B, 4>,
+        mean: Tensor<B, 4>,
+        cov: Option<Tensor<B, 4>>,
+        next: usize,
+    ) -> Result<Tensor<B, 3>> {
+        let [_, h_kv, n, d] = keys.dims();
+        let h = mean.dims()[1];
+        let (sink, g) = (self.n_sink, h / h_kv.max(1));
+        if n <= sink || h_kv == 0 || !h.is_multiple_of(h_kv) {
+            return Err(CoreError::Invalid {
+                name: "n_sink",
+                detail: format!(
+                    "expected_attention keeps {sink} sink tokens but the context has only {n}"
+                ),
+            });
+        }
+        let t = n - sink;
+        let device = keys.device();
+        // 2. Averaged rotation over the positions after the last query.
+        let future: Vec<usize> = (next..next + self.n_future_positions.max(1)).collect();
+        let r = rope
+            .averaged_rotation::<B>(&future, &device)
+            .reshape([1, 1, d, d]);
+        let r_t = r.clone().swap_dims(2, 3);
+        let mean_rot = mean.matmul(r_t.clone()); // (R̄ μ)ᵀ: [1, h, 1, d]
+        // 3. Logits over the non-sink keys of each query head's KV group.
+        let k = keys.clone().narrow(2, sink, t); // [1, h_kv, T, d]
+        let k = k
+            .unsqueeze_dim::<5>(2)
+            .expand([1, h_kv, g, t, d])
+            .reshape([1, h, t, d]);
+        let scale = (d as f32).powf(-0.5);
+        let mut logits = k.clone().matmul(mean_rot.swap_dims(2, 3)).mul_scalar(scale); // [1, h, T, 1]
+        if let (true, Some(cov)) = (self.use_covariance, cov) {
+            let cov_rot = r.matmul(cov).matmul(r_t); // R̄ Σ R̄ᵀ
+            let quadratic = (k.clone().matmul(cov_rot) * k).sum_dim(3); // [1, h, T, 1]
+            logits = logits + quadratic.div_scalar(2.0 * d as f32);
+        }
+        let attention = softmax(logits.reshape([1, h, t]), 2);
+        let mut scores = attention
+            .reshape([1, h_kv, g, t])
+            .mean_dim(2)
+            .reshape([1, h_kv, t]);
+        if self.use_vnorm {
+            let v = values.clone().narrow(2, sink, t);
+            let norms = (v.clone() * v).sum_dim(3).sqrt().reshape([1, h_kv, t]);
+            scores = scores.add_scalar(self.epsilon) * norms;
+        }
+        let sinks = Tensor::<B, 3>::zeros([1, h_kv, sink], &device);
+        Ok(Tensor::cat(vec![sinks, scores], 2))
+    }
+}
+
 impl<B: Backend> Scorer<B> for ExpectedAttention {
     /// `[1, h_kv, n]`; the sinks score 0 and are protected.
     fn score(
@@ -51,7 +112,7 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
         keys: &Tensor<B, 4>,
         values: &Tensor<B, 4>,
     ) -> Result<Tensor<B, 3>> {
-        let [_, h_kv, n, d] = keys.dims();
+        let [_, h_kv, n, _] = keys.dims();
         let sink = self.n_sink;
         if n <= sink {
             return Err(CoreError::Invalid {
@@ -69,9 +130,6 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
                 detail: format!("queries {:?} for keys {:?}", queries.dims(), keys.dims()),
             });
         }
-        let g = h / h_kv;
-        let t = n - sink;
-        let device = keys.device();
         // 1. Gaussian statistics of the queries at hand (the context's in a prefill, the
         //    buffered recent ones in decoding), sink positions excluded.
         let first = inputs
@@ -88,46 +146,16 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
         let q = queries.clone().narrow(2, first, m - first); // [1, h, T_q, d]
         let rows = m - first;
         let mean = q.clone().mean_dim(2); // [1, h, 1, d]
-        // 2. Averaged rotation over the positions after the last query.
-        let next = inputs.positions.iter().max().map_or(n, |&p| p + 1);
-        let future: Vec<usize> = (next..next + self.n_future_positions.max(1)).collect();
-        let r = inputs
-            .rope
-            .averaged_rotation::<B>(&future, &device)
-            .reshape([1, 1, d, d]);
-        let r_t = r.clone().swap_dims(2, 3);
-        let mean_rot = mean.clone().matmul(r_t.clone()); // (R̄ μ)ᵀ: [1, h, 1, d]
-        // 3. Logits over the non-sink keys of each query head's KV group.
-        let k = keys.clone().narrow(2, sink, t); // [1, h_kv, T, d]
-        let k = k
-            .unsqueeze_dim::<5>(2)
-            .expand([1, h_kv, g, t, d])
-            .reshape([1, h, t, d]);
-        let scale = (d as f32).powf(-0.5);
-        let mut logits = k.clone().matmul(mean_rot.swap_dims(2, 3)).mul_scalar(scale); // [1, h, T, 1]
-        if self.use_covariance {
-            let centered = q - mean;
-            let cov = centered
+        let cov = self.use_covariance.then(|| {
+            let centered = q - mean.clone();
+            centered
                 .clone()
                 .swap_dims(2, 3)
                 .matmul(centered)
-                .div_scalar(rows as f32); // [1, h, d, d]
-            let cov_rot = r.matmul(cov).matmul(r_t); // R̄ Σ R̄ᵀ
-            let quadratic = (k.clone().matmul(cov_rot) * k).sum_dim(3); // [1, h, T, 1]
-            logits = logits + quadratic.div_scalar(2.0 * d as f32);
-        }
-        let attention = softmax(logits.reshape([1, h, t]), 2);
-        let mut scores = attention
-            .reshape([1, h_kv, g, t])
-            .mean_dim(2)
-            .reshape([1, h_kv, t]);
-        if self.use_vnorm {
-            let v = values.clone().narrow(2, sink, t);
-            let norms = (v.clone() * v).sum_dim(3).sqrt().reshape([1, h_kv, t]);
-            scores = scores.add_scalar(self.epsilon) * norms;
-        }
-        let sinks = Tensor::<B, 3>::zeros([1, h_kv, sink], &device);
-        Ok(Tensor::cat(vec![sinks, scores], 2))
+                .div_scalar(rows as f32) // [1, h, d, d]
+        });
+        let next = inputs.positions.iter().max().map_or(n, |&p| p + 1);
+        self.score_with_statistics(inputs.rope, keys, values, mean, cov, next)
     }
 
     fn protected(&self, _inputs: &LayerInputs<'_, B>, n: usize) -> Result<Vec<bool>> {

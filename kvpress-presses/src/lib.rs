@@ -28,6 +28,7 @@ pub mod cur;
 pub mod decoding;
 pub mod dms;
 pub mod expected_attention;
+pub mod expected_attention_stats;
 pub mod expr;
 pub mod key_rerotation;
 pub mod keydiff;

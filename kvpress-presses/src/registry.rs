@@ -28,6 +28,7 @@ use crate::cur::{Cur, Leverage as CurLeverage};
 use crate::decoding::{Decoding, Target};
 use crate::dms::Dms;
 use crate::expected_attention::ExpectedAttention;
+use crate::expected_attention_stats::ExpectedAttentionStats;
 use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
 use crate::key_rerotation::KeyRerotation;
 use crate::keydiff::KeyDiff;
@@ -122,6 +123,30 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "true",
                 "include the query covariance term",
             ),
+            param("use_vnorm", "true", "weight by the value norm"),
+            param(
+                "epsilon",
+                "0.0",
+                "added to the attention before the value weighting",
+            ),
+        ],
+    },
+    PressInfo {
+        name: "expected_attention_stats",
+        kind: Kind::Scorer,
+        summary: "expected_attention with query statistics from a calibration file (kvpress calibrate)",
+        params: &[
+            param(
+                "path",
+                "required",
+                "safetensors file with query_mean and query_cov",
+            ),
+            param(
+                "n_future_positions",
+                "512",
+                "future positions the RoPE rotation is averaged over",
+            ),
+            param("n_sink", "4", "first tokens always kept"),
             param("use_vnorm", "true", "weight by the value norm"),
             param(
                 "epsilon",
@@ -924,6 +949,20 @@ impl Builder<'_> {
             "non_causal_attention" => Box::new(NonCausalAttention {
                 chunk_size: self.positive(&args, "chunk_size", 256)?,
             }),
+            "expected_attention_stats" => {
+                let (path, span) = self.required_text(&args, "path")?;
+                let base = ExpectedAttention {
+                    n_future_positions: self.positive(&args, "n_future_positions", 512)?,
+                    n_sink: self.count(&args, "n_sink", 4)?,
+                    use_covariance: true,
+                    use_vnorm: self.boolean(&args, "use_vnorm", true)?,
+                    epsilon: self.float(&args, "epsilon", 0.0)?,
+                };
+                Box::new(
+                    ExpectedAttentionStats::load(std::path::Path::new(&path), base)
+                        .map_err(|e| self.error(e.to_string(), span))?,
+                )
+            }
             "qfilter" => {
                 let (path, span) = self.required_text(&args, "path")?;
                 Box::new(
@@ -1220,6 +1259,13 @@ mod tests {
         let path = dir.join(format!("{name}.safetensors"));
         let tensors = match name {
             "qfilter" => vec![("q_filters".to_string(), vec![1, 2, 8], random(16))],
+            "expected_attention_stats" => {
+                let identity: Vec<f32> = (0..4 * 64).map(|i| f32::from(i % 64 % 9 == 0)).collect();
+                vec![
+                    ("query_mean".to_string(), vec![1, 4, 8], random(32)),
+                    ("query_cov".to_string(), vec![1, 4, 8, 8], identity),
+                ]
+            }
             _ => vec![
                 ("layers.0.weight".to_string(), vec![2, 8], random(16)),
                 ("layers.0.bias".to_string(), vec![2], random(2)),
@@ -1249,7 +1295,9 @@ mod tests {
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (_, "qfilter" | "kvzap") => artefact_expression(info.name),
+                (_, "qfilter" | "kvzap" | "expected_attention_stats") => {
+                    artefact_expression(info.name)
+                }
                 _ => info.name.to_string(),
             };
             let press = match build::<Flex>(&src, Some(0.25)) {
@@ -1289,7 +1337,9 @@ mod tests {
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (_, "qfilter" | "kvzap") => artefact_expression(info.name),
+                (_, "qfilter" | "kvzap" | "expected_attention_stats") => {
+                    artefact_expression(info.name)
+                }
                 _ => info.name.to_string(),
             };
             let press = build::<Flex>(&src, Some(0.0)).unwrap_or_else(|e| panic!("{src}: {e}"));
