@@ -344,6 +344,7 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
             (Kind::Wrapper, "decoding") => {
                 "decoding(knorm, compression_interval=2, target_size=100)".into()
             }
+            (Kind::Wrapper, "lukv") => artefact(dir.path(), "lukv"),
             (Kind::Wrapper, "dms") => {
                 "dms(streaming_llm, threshold=300, sliding_window_size=50)".into()
             }
@@ -429,6 +430,21 @@ fn artefact(dir: &std::path::Path, name: &str) -> String {
     use kvpress_core::artifacts::write_f32;
     let random =
         |n: usize| -> Vec<f32> { (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect() };
+    if name == "lukv" {
+        // row t prunes (t + 1)/100 of every head: the real ratio follows --compression-ratio
+        let rows: Vec<String> = (0..99)
+            .map(|t| {
+                let layer = format!(
+                    "[{}]",
+                    vec![format!("{}", (t + 1) as f64 / 100.0); 3].join(",")
+                );
+                format!("[{}]", vec![layer; 30].join(","))
+            })
+            .collect();
+        let path = dir.join("lukv.json");
+        std::fs::write(&path, format!("[{}]", rows.join(","))).expect("write curve");
+        return format!("lukv(snapkv, path='{}')", path.display());
+    }
     let path = dir.join(format!("{name}.safetensors"));
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = if name == "qfilter" {
         vec![("q_filters".into(), vec![30, 3, 64], random(30 * 3 * 64))]

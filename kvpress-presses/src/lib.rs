@@ -37,6 +37,7 @@ pub mod kvzap;
 pub mod kvzip;
 pub mod lagkv;
 pub mod leverage;
+pub mod lukv;
 pub mod merging;
 pub mod non_causal_attention;
 pub mod observed_attention;

@@ -37,6 +37,7 @@ use crate::kvzap::KvZap;
 use crate::kvzip::KvZip;
 use crate::lagkv::LagKv;
 use crate::leverage::Leverage;
+use crate::lukv::LuKv;
 use crate::merging::Merging;
 use crate::non_causal_attention::NonCausalAttention;
 use crate::observed_attention::ObservedAttention;
@@ -379,6 +380,20 @@ pub const CATALOGUE: &[PressInfo] = &[
         kind: Kind::Wrapper,
         summary: "re-rotates the kept keys to contiguous positions; the question follows them",
         params: &[],
+    },
+    PressInfo {
+        name: "lukv",
+        kind: Kind::Wrapper,
+        summary: "per-head budgets from an offline budget curve (file); scorer default expected_attention(epsilon=0.02)",
+        params: &[
+            param(
+                "path",
+                "required",
+                ".npy or JSON curve [99, layers, kv_heads] of prune ratios",
+            ),
+            param("sink", "4", "first tokens always kept"),
+            param("window", "1", "last tokens always kept"),
+        ],
     },
     PressInfo {
         name: "merging",
@@ -747,6 +762,14 @@ impl Builder<'_> {
                         p.block_size = self.positive(&args, "block_size", 128)?;
                         Box::new(p)
                     }
+                    "lukv" => {
+                        let (path, span) = self.required_text(&args, "path")?;
+                        let mut p = LuKv::load(scorer, ratio, std::path::Path::new(&path))
+                            .map_err(|e| self.error(e.to_string(), span))?;
+                        p.sink = self.count(&args, "sink", 4)?;
+                        p.window = self.count(&args, "window", 1)?;
+                        Box::new(p)
+                    }
                     "merging" => {
                         let mut p = self.at(Merging::new(scorer, ratio), at)?;
                         p.similarity_threshold = self.unit(&args, "similarity_threshold", 0.0)?;
@@ -878,7 +901,14 @@ impl Builder<'_> {
         ratio: Option<f64>,
     ) -> Result<Box<dyn Scorer<B>>, ExprError> {
         let name = args.info.name;
-        let Some(first) = args.expr.args.first().filter(|a| a.key.is_none()) else {
+        let first = args.expr.args.first().filter(|a| a.key.is_none());
+        if first.is_none() && name == "lukv" {
+            return Ok(Box::new(ExpectedAttention {
+                epsilon: 0.02,
+                ..Default::default()
+            }));
+        }
+        let Some(first) = first else {
             return Err(self.error(
                 format!("`{name}` needs a scorer as its first argument, e.g. `{name}(snapkv)`"),
                 args.expr.span,
@@ -1257,6 +1287,14 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let random = |n: usize| (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
         let path = dir.join(format!("{name}.safetensors"));
+        if name == "lukv" {
+            // prune ratio 0.25 everywhere: a 0.25-ratio row keeps 75 % of every head
+            let path = dir.join("lukv.json");
+            let layer = "[0.25, 0.25]";
+            let rows = vec![format!("[{layer}]"); 99].join(", ");
+            std::fs::write(&path, format!("[{rows}]")).expect("write");
+            return format!("lukv(knorm, path='{}')", path.display());
+        }
         let tensors = match name {
             "qfilter" => vec![("q_filters".to_string(), vec![1, 2, 8], random(16))],
             "expected_attention_stats" => {
@@ -1292,10 +1330,11 @@ mod tests {
                     format!("{}(knorm, compression_ratios=[0.25])", info.name)
                 }
                 (Kind::Wrapper, "dms") => "dms(knorm, threshold=-1e9)".to_string(),
+                (Kind::Wrapper, "lukv") => artefact_expression("lukv"),
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (_, "qfilter" | "kvzap" | "expected_attention_stats") => {
+                (_, "qfilter" | "kvzap" | "expected_attention_stats" | "lukv") => {
                     artefact_expression(info.name)
                 }
                 _ => info.name.to_string(),
@@ -1334,10 +1373,11 @@ mod tests {
                     format!("{}(knorm, compression_ratios=[0.0])", info.name)
                 }
                 (Kind::Wrapper, "dms") => "dms(knorm, threshold=-1e9)".to_string(),
+                (Kind::Wrapper, "lukv") => artefact_expression("lukv"),
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (_, "qfilter" | "kvzap" | "expected_attention_stats") => {
+                (_, "qfilter" | "kvzap" | "expected_attention_stats" | "lukv") => {
                     artefact_expression(info.name)
                 }
                 _ => info.name.to_string(),
