@@ -12,13 +12,14 @@ use kvpress_models::convert::convert_gguf;
 use kvpress_models::generate::{self as decoding, GenerationOptions, top_k};
 use kvpress_models::llama::ForwardOptions;
 use kvpress_models::pipeline::{Pipeline, Request};
+use kvpress_presses::duo_attention::HeadScoreCollector;
 use kvpress_presses::expected_attention_stats::StatisticsCollector;
 use kvpress_presses::registry::{CATALOGUE, Kind};
 use serde_json::json;
 
-use crate::PressArgs;
 use crate::backend::Backend;
 use crate::model;
+use crate::{CalibrateArgs, CalibrationTarget, PressArgs};
 
 /// Prompt text: the raw text, or the chat-templated user message.
 fn prompt_text(files: &ModelFiles, text: &str, chat: bool) -> anyhow::Result<String> {
@@ -394,30 +395,27 @@ pub fn presses(json: bool) -> anyhow::Result<()> {
 }
 
 /// `kvpress calibrate`: query statistics for `expected_attention_stats`.
-pub fn calibrate(
-    model: Option<&Path>,
-    corpus: &Path,
-    out: &Path,
-    samples: usize,
-    sample_chars: usize,
-    n_sink: usize,
-    json: bool,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(corpus)
-        .with_context(|| format!("reading the corpus {}", corpus.display()))?;
+pub fn calibrate(model: Option<&Path>, args: &CalibrateArgs, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.corpus)
+        .with_context(|| format!("reading the corpus {}", args.corpus.display()))?;
     let documents: Vec<String> = text
         .split("\n\n")
         .map(str::trim)
         .filter(|d| !d.is_empty())
-        .take(samples)
-        .map(|d| d.chars().take(sample_chars).collect())
+        .take(args.samples)
+        .map(|d| d.chars().take(args.sample_chars).collect())
         .collect();
     if documents.is_empty() {
-        anyhow::bail!("the corpus {} holds no text", corpus.display());
+        anyhow::bail!("the corpus {} holds no text", args.corpus.display());
     }
     let files = model::open(model)?;
     let llama = model::load(&files)?;
-    let collector = StatisticsCollector::new(n_sink);
+    let statistics = StatisticsCollector::new(args.n_sink);
+    let heads = HeadScoreCollector::default();
+    let collector: &dyn Press<Backend> = match args.target {
+        CalibrationTarget::ExpectedAttention => &statistics,
+        CalibrationTarget::DuoAttention => &heads,
+    };
     let bar = ProgressBar::new(documents.len() as u64);
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
@@ -426,7 +424,7 @@ pub fn calibrate(
     );
     for doc in &documents {
         let ids = files.tokenizer.encode(doc, false)?;
-        if ids.len() > n_sink {
+        if ids.len() > args.n_sink {
             let positions: Vec<usize> = (0..ids.len()).collect();
             let mut cache = llama.new_cache();
             llama.forward(
@@ -434,27 +432,24 @@ pub fn calibrate(
                 &positions,
                 &mut cache,
                 &ForwardOptions {
-                    press: Some(&collector),
+                    press: Some(collector),
                 },
             )?;
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    collector
-        .save(out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    match args.target {
+        CalibrationTarget::ExpectedAttention => statistics.save(&args.out),
+        CalibrationTarget::DuoAttention => heads.save(&args.out),
+    }
+    .with_context(|| format!("writing {}", args.out.display()))?;
     if json {
         print_json(
-            &json!({"path": out, "documents": documents.len(), "queries": collector.count()}),
+            &json!({"path": args.out, "documents": documents.len(), "queries": statistics.count()}),
         )
     } else {
-        println!(
-            "{} ({} documents, {} queries per layer)",
-            out.display(),
-            documents.len(),
-            collector.count()
-        );
+        println!("{} ({} documents)", args.out.display(), documents.len());
         Ok(())
     }
 }

@@ -88,6 +88,38 @@ struct PressArgs {
     compression_ratio: Option<f64>,
 }
 
+/// Options of `kvpress calibrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CalibrateArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "expected-attention")]
+    target: CalibrationTarget,
+    /// The corpus (UTF-8 text; documents separated by blank lines).
+    #[arg(long, value_name = "FILE")]
+    corpus: PathBuf,
+    /// Where to write the artefact (safetensors statistics or a TSV of head scores).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Documents used at most.
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Characters kept per document.
+    #[arg(long, default_value_t = 1000)]
+    sample_chars: usize,
+    /// First positions of each document left out.
+    #[arg(long, default_value_t = 4)]
+    n_sink: usize,
+}
+
+/// The artefact `kvpress calibrate` measures.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CalibrationTarget {
+    /// Query mean and covariance for `expected_attention_stats`.
+    ExpectedAttention,
+    /// Head scores for `duo_attention`.
+    DuoAttention,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Token ids of a text (with --chat: of the chat-templated user message).
@@ -175,29 +207,14 @@ enum Command {
     },
     /// Every press: what it does, its parameters and their defaults.
     Presses,
-    /// Measure the query statistics of `expected_attention_stats` on a text corpus.
+    /// Measure the artefacts of `expected_attention_stats` or `duo_attention` on a text corpus.
     ///
     /// The corpus is split into documents at blank lines; each of the first --samples documents,
-    /// cut to --sample-chars characters, is run through the model and the pre-RoPE queries of
-    /// every layer (first --n-sink positions left out) are accumulated into their mean and
-    /// covariance, written as `query_mean` / `query_cov` to --out.
-    Calibrate {
-        /// The corpus (UTF-8 text; documents separated by blank lines).
-        #[arg(long, value_name = "FILE")]
-        corpus: PathBuf,
-        /// Where to write the statistics (safetensors).
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-        /// Documents used at most.
-        #[arg(long, default_value_t = 100)]
-        samples: usize,
-        /// Characters kept per document.
-        #[arg(long, default_value_t = 1000)]
-        sample_chars: usize,
-        /// First positions of each document left out.
-        #[arg(long, default_value_t = 4)]
-        n_sink: usize,
-    },
+    /// cut to --sample-chars characters, is run through the model. `expected-attention`: the
+    /// pre-RoPE queries of every layer (first --n-sink positions left out) are accumulated into
+    /// their mean and covariance, written as `query_mean` / `query_cov` (safetensors) to --out.
+    /// `duo-attention`: DuoAttention's on-the-fly head scores, a TSV line per layer.
+    Calibrate(CalibrateArgs),
     /// Convert a GGUF file to an HF checkpoint directory (f32 safetensors, tokenizer, chat template).
     Convert {
         /// The .gguf file.
@@ -305,21 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Presses => commands::presses(json),
-        Command::Calibrate {
-            corpus,
-            out,
-            samples,
-            sample_chars,
-            n_sink,
-        } => commands::calibrate(
-            cli.model.as_deref(),
-            &corpus,
-            &out,
-            samples,
-            sample_chars,
-            n_sink,
-            json,
-        ),
+        Command::Calibrate(args) => commands::calibrate(cli.model.as_deref(), &args, json),
         Command::Convert { gguf, out_dir } => commands::convert(&gguf, &out_dir, json),
         Command::Fetch => commands::fetch(json),
     }

@@ -350,6 +350,29 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
             }
             (_, "simlayerkv") => "simlayerkv(lazy_threshold=0.5, n_recent=100)".into(),
             (_, "qfilter" | "kvzap") => artefact(dir.path(), info.name),
+            (_, "duo_attention") => {
+                let heads = dir.path().join("heads.tsv");
+                json_of(&kvpress(&[
+                    "--model",
+                    &model,
+                    "calibrate",
+                    "--target",
+                    "duo-attention",
+                    "--corpus",
+                    context,
+                    "--out",
+                    heads.to_str().expect("utf-8"),
+                    "--samples",
+                    "3",
+                    "--json",
+                ]));
+                let lines = std::fs::read_to_string(&heads).expect("heads");
+                assert_eq!(lines.lines().count(), 30, "one line per layer");
+                format!(
+                    "duo_attention(path='{}', sink_size=16, recent_size=64)",
+                    heads.display()
+                )
+            }
             (_, "expected_attention_stats") => {
                 // statistics measured by `kvpress calibrate` on the context itself
                 let stats = dir.path().join("stats.safetensors");
@@ -410,6 +433,8 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
                 "dms" => Some(296.0 / 400.0),
                 // lazy layers are found by attention, not by the ratio
                 "simlayerkv" => None,
+                // round(90 heads · r) streaming heads keep 80 of 400 tokens
+                "duo_attention" => Some((90.0 * r).round_ties_even() / 90.0 * (1.0 - 80.0 / 400.0)),
                 _ => Some(r),
             };
             match expected {

@@ -27,6 +27,7 @@ pub mod critical_kv;
 pub mod cur;
 pub mod decoding;
 pub mod dms;
+pub mod duo_attention;
 pub mod expected_attention;
 pub mod expected_attention_stats;
 pub mod expr;

@@ -27,6 +27,7 @@ use crate::critical_kv::CriticalKv;
 use crate::cur::{Cur, Leverage as CurLeverage};
 use crate::decoding::{Decoding, Target};
 use crate::dms::Dms;
+use crate::duo_attention::DuoAttention;
 use crate::expected_attention::ExpectedAttention;
 use crate::expected_attention_stats::ExpectedAttentionStats;
 use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
@@ -517,6 +518,25 @@ pub const CATALOGUE: &[PressInfo] = &[
         ],
     },
     PressInfo {
+        name: "duo_attention",
+        kind: Kind::Press,
+        summary: "the lowest-scored KV heads keep only sinks and recent tokens (head scores file)",
+        params: &[
+            param(
+                "path",
+                "required",
+                "TSV of head scores, a line per layer (kvpress calibrate --target duo-attention)",
+            ),
+            param(
+                "head_compression_ratio",
+                "--compression-ratio",
+                "fraction of KV heads that stream",
+            ),
+            param("sink_size", "128", "first tokens a streaming head keeps"),
+            param("recent_size", "256", "last tokens a streaming head keeps"),
+        ],
+    },
+    PressInfo {
         name: "pyramidkv",
         kind: Kind::Press,
         summary: "snapkv with layer budgets shrinking linearly with depth",
@@ -826,6 +846,18 @@ impl Builder<'_> {
                         if p.n_recent <= p.n_last {
                             return Err(self.error("`n_recent` must exceed `n_last`", expr.span));
                         }
+                        Box::new(p)
+                    }
+                    "duo_attention" => {
+                        let (path, span) = self.required_text(&args, "path")?;
+                        let ratio = match self.opt_float(&args, "head_compression_ratio")? {
+                            Some(r) => r,
+                            None => self.ratio(&args, inherited)?,
+                        };
+                        let mut p = DuoAttention::load(std::path::Path::new(&path), ratio)
+                            .map_err(|e| self.error(e.to_string(), span))?;
+                        p.sink_size = self.count(&args, "sink_size", 128)?;
+                        p.recent_size = self.count(&args, "recent_size", 256)?;
                         Box::new(p)
                     }
                     "kvzip" => {
@@ -1287,6 +1319,15 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let random = |n: usize| (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
         let path = dir.join(format!("{name}.safetensors"));
+        if name == "duo_attention" {
+            // one layer, head 0 scores lower: at ratio 0.5 it streams (10 sinks + 140 recent)
+            let path = dir.join("duo.tsv");
+            std::fs::write(&path, "0.1\t0.9\n").expect("write");
+            return format!(
+                "duo_attention(path='{}', sink_size=10, recent_size=140)",
+                path.display()
+            );
+        }
         if name == "lukv" {
             // prune ratio 0.25 everywhere: a 0.25-ratio row keeps 75 % of every head
             let path = dir.join("lukv.json");
@@ -1334,9 +1375,10 @@ mod tests {
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (_, "qfilter" | "kvzap" | "expected_attention_stats" | "lukv") => {
-                    artefact_expression(info.name)
-                }
+                (
+                    _,
+                    "qfilter" | "kvzap" | "expected_attention_stats" | "lukv" | "duo_attention",
+                ) => artefact_expression(info.name),
                 _ => info.name.to_string(),
             };
             let press = match build::<Flex>(&src, Some(0.25)) {
@@ -1347,14 +1389,15 @@ mod tests {
             let f = Fixture::new(2, 2, 300, 8);
             let kept = kept_positions(&f, press.as_ref());
             let total: usize = kept.iter().map(Vec::len).sum();
-            // decoding presses leave the prefill alone
+            // decoding presses leave the prefill alone; duo_attention: round(2 heads · 0.25) = 0 stream
             let want = match info.name {
                 "think"
                 | "decoding"
                 | "compression_ratio_decoding"
                 | "kvzip"
                 | "simlayerkv"
-                | "dms" => 600,
+                | "dms"
+                | "duo_attention" => 600,
                 _ => 450,
             };
             assert!(
@@ -1377,9 +1420,10 @@ mod tests {
                 (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
                 (_, "composed") => "composed(knorm, think)".to_string(),
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (_, "qfilter" | "kvzap" | "expected_attention_stats" | "lukv") => {
-                    artefact_expression(info.name)
-                }
+                (
+                    _,
+                    "qfilter" | "kvzap" | "expected_attention_stats" | "lukv" | "duo_attention",
+                ) => artefact_expression(info.name),
                 _ => info.name.to_string(),
             };
             let press = build::<Flex>(&src, Some(0.0)).unwrap_or_else(|e| panic!("{src}: {e}"));
