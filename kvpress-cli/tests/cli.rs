@@ -349,7 +349,7 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
                 "dms(streaming_llm, threshold=300, sliding_window_size=50)".into()
             }
             (_, "simlayerkv") => "simlayerkv(lazy_threshold=0.5, n_recent=100)".into(),
-            (_, "qfilter" | "kvzap") => artefact(dir.path(), info.name),
+            (_, "qfilter" | "kvzap" | "fast_kvzip") => artefact(dir.path(), info.name),
             (_, "duo_attention") => {
                 let heads = dir.path().join("heads.tsv");
                 json_of(&kvpress(&[
@@ -473,6 +473,25 @@ fn artefact(dir: &std::path::Path, name: &str) -> String {
     let path = dir.join(format!("{name}.safetensors"));
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = if name == "qfilter" {
         vec![("q_filters".into(), vec![30, 3, 64], random(30 * 3 * 64))]
+    } else if name == "fast_kvzip" {
+        // h_kv 3, g 3, m 8, S 2, hidden 576
+        (0..30)
+            .flat_map(|l| {
+                let t = |n: &str, s: Vec<usize>| {
+                    let len = s.iter().product();
+                    (format!("layers.{l}.{n}"), s, random(len))
+                };
+                [
+                    t("q_proj.weight", vec![72, 576]),
+                    t("q_proj.bias", vec![72]),
+                    t("q_norm.weight", vec![8]),
+                    t("k_proj.weight", vec![24, 576]),
+                    t("k_norm.weight", vec![8]),
+                    t("k_base", vec![3, 2, 8]),
+                    t("bias", vec![3, 3]),
+                ]
+            })
+            .collect()
     } else {
         (0..30)
             .flat_map(|l| {

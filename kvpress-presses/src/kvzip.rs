@@ -258,44 +258,53 @@ impl<B: Backend> Press<B> for KvZip {
 }
 
 impl KvZip {
-    /// Kept slots per layer and head: the best `(1 − r)` of all scores together (or of each
-    /// layer's with `layerwise`), ties to the lower layer, position and head.
     fn budget(&self, scores: &[Vec<Vec<f32>>]) -> Vec<Vec<Vec<usize>>> {
-        let groups: Vec<Vec<usize>> = if self.layerwise {
-            (0..scores.len()).map(|l| vec![l]).collect()
-        } else {
-            vec![(0..scores.len()).collect()]
-        };
-        let mut kept: Vec<Vec<Vec<usize>>> = scores
-            .iter()
-            .map(|layer| vec![Vec::new(); layer.len()])
-            .collect();
-        for layers in groups {
-            let mut all: Vec<(usize, usize, usize)> = layers
-                .iter()
-                .flat_map(|&l| {
-                    scores[l]
-                        .iter()
-                        .enumerate()
-                        .flat_map(move |(h, row)| (0..row.len()).map(move |i| (l, h, i)))
-                })
-                .collect();
-            let evicted = (all.len() as f64 * self.compression_ratio) as usize;
-            all.sort_by(|&(la, ha, a), &(lb, hb, b)| {
-                scores[lb][hb][b]
-                    .total_cmp(&scores[la][ha][a])
-                    .then((la, a, ha).cmp(&(lb, b, hb)))
-            });
-            let keep = all.len() - evicted;
-            for &(l, h, i) in &all[..keep] {
-                kept[l][h].push(i);
-            }
-        }
-        for head in kept.iter_mut().flatten() {
-            head.sort_unstable();
-        }
-        kept
+        global_budget(scores, self.compression_ratio, self.layerwise)
     }
+}
+
+/// Kept slots per layer and head (`scores[layer][head][slot]`): the best `(1 − ratio)` of all
+/// scores together (or of each layer's with `layerwise`), ties to the lower layer, position and
+/// head; ascending per head.
+pub fn global_budget(
+    scores: &[Vec<Vec<f32>>],
+    ratio: f64,
+    layerwise: bool,
+) -> Vec<Vec<Vec<usize>>> {
+    let groups: Vec<Vec<usize>> = if layerwise {
+        (0..scores.len()).map(|l| vec![l]).collect()
+    } else {
+        vec![(0..scores.len()).collect()]
+    };
+    let mut kept: Vec<Vec<Vec<usize>>> = scores
+        .iter()
+        .map(|layer| vec![Vec::new(); layer.len()])
+        .collect();
+    for layers in groups {
+        let mut all: Vec<(usize, usize, usize)> = layers
+            .iter()
+            .flat_map(|&l| {
+                scores[l]
+                    .iter()
+                    .enumerate()
+                    .flat_map(move |(h, row)| (0..row.len()).map(move |i| (l, h, i)))
+            })
+            .collect();
+        let evicted = (all.len() as f64 * ratio) as usize;
+        all.sort_by(|&(la, ha, a), &(lb, hb, b)| {
+            scores[lb][hb][b]
+                .total_cmp(&scores[la][ha][a])
+                .then((la, a, ha).cmp(&(lb, b, hb)))
+        });
+        let keep = all.len() - evicted;
+        for &(l, h, i) in &all[..keep] {
+            kept[l][h].push(i);
+        }
+    }
+    for head in kept.iter_mut().flatten() {
+        head.sort_unstable();
+    }
+    kept
 }
 
 #[cfg(test)]

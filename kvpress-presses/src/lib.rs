@@ -31,6 +31,7 @@ pub mod duo_attention;
 pub mod expected_attention;
 pub mod expected_attention_stats;
 pub mod expr;
+pub mod fast_kvzip;
 pub mod key_rerotation;
 pub mod keydiff;
 pub mod knorm;

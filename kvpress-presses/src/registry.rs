@@ -31,6 +31,7 @@ use crate::duo_attention::DuoAttention;
 use crate::expected_attention::ExpectedAttention;
 use crate::expected_attention_stats::ExpectedAttentionStats;
 use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
+use crate::fast_kvzip::FastKvZip;
 use crate::key_rerotation::KeyRerotation;
 use crate::keydiff::KeyDiff;
 use crate::knorm::Knorm;
@@ -537,6 +538,34 @@ pub const CATALOGUE: &[PressInfo] = &[
         ],
     },
     PressInfo {
+        name: "fast_kvzip",
+        kind: Kind::Press,
+        summary: "trained gates predict KVzip's scores during the prefill (gates file); one budget",
+        params: &[
+            param(
+                "path",
+                "required",
+                "safetensors gates (layers.{l}.q_proj/k_proj/q_norm/k_norm/k_base/bias)",
+            ),
+            param(
+                "layerwise",
+                "false",
+                "one budget per layer instead of one for the model",
+            ),
+            param("n_sink", "4", "first tokens always kept"),
+            param(
+                "window_size",
+                "4096",
+                "local window kept from 32k tokens on",
+            ),
+            param(
+                "window_ratio",
+                "0.02",
+                "share of the context kept as local window below 32k",
+            ),
+        ],
+    },
+    PressInfo {
         name: "pyramidkv",
         kind: Kind::Press,
         summary: "snapkv with layer budgets shrinking linearly with depth",
@@ -858,6 +887,17 @@ impl Builder<'_> {
                             .map_err(|e| self.error(e.to_string(), span))?;
                         p.sink_size = self.count(&args, "sink_size", 128)?;
                         p.recent_size = self.count(&args, "recent_size", 256)?;
+                        Box::new(p)
+                    }
+                    "fast_kvzip" => {
+                        let (path, span) = self.required_text(&args, "path")?;
+                        let ratio = self.ratio(&args, inherited)?;
+                        let mut p = FastKvZip::load(std::path::Path::new(&path), ratio)
+                            .map_err(|e| self.error(e.to_string(), span))?;
+                        p.layerwise = self.boolean(&args, "layerwise", false)?;
+                        p.n_sink = self.count(&args, "n_sink", 4)?;
+                        p.window_size = self.count(&args, "window_size", 4096)?;
+                        p.window_ratio = self.unit(&args, "window_ratio", 0.02)?;
                         Box::new(p)
                     }
                     "kvzip" => {
@@ -1337,6 +1377,20 @@ mod tests {
             return format!("lukv(knorm, path='{}')", path.display());
         }
         let tensors = match name {
+            "fast_kvzip" => {
+                // h_kv 2, g 2, m 4, S 2, hidden 8
+                let t =
+                    |n: &str, s: Vec<usize>, len: usize| (format!("layers.0.{n}"), s, random(len));
+                vec![
+                    t("q_proj.weight", vec![16, 8], 128),
+                    t("q_proj.bias", vec![16], 16),
+                    t("q_norm.weight", vec![4], 4),
+                    t("k_proj.weight", vec![8, 8], 64),
+                    t("k_norm.weight", vec![4], 4),
+                    t("k_base", vec![2, 2, 4], 16),
+                    t("bias", vec![2, 2], 4),
+                ]
+            }
             "qfilter" => vec![("q_filters".to_string(), vec![1, 2, 8], random(16))],
             "expected_attention_stats" => {
                 let identity: Vec<f32> = (0..4 * 64).map(|i| f32::from(i % 64 % 9 == 0)).collect();
@@ -1377,7 +1431,12 @@ mod tests {
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
                 (
                     _,
-                    "qfilter" | "kvzap" | "expected_attention_stats" | "lukv" | "duo_attention",
+                    "qfilter"
+                    | "kvzap"
+                    | "expected_attention_stats"
+                    | "lukv"
+                    | "duo_attention"
+                    | "fast_kvzip",
                 ) => artefact_expression(info.name),
                 _ => info.name.to_string(),
             };
@@ -1397,7 +1456,8 @@ mod tests {
                 | "kvzip"
                 | "simlayerkv"
                 | "dms"
-                | "duo_attention" => 600,
+                | "duo_attention"
+                | "fast_kvzip" => 600,
                 _ => 450,
             };
             assert!(
@@ -1422,7 +1482,12 @@ mod tests {
                 (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
                 (
                     _,
-                    "qfilter" | "kvzap" | "expected_attention_stats" | "lukv" | "duo_attention",
+                    "qfilter"
+                    | "kvzap"
+                    | "expected_attention_stats"
+                    | "lukv"
+                    | "duo_attention"
+                    | "fast_kvzip",
                 ) => artefact_expression(info.name),
                 _ => info.name.to_string(),
             };
