@@ -13,7 +13,7 @@
 
 use std::sync::Mutex;
 
-use burn::tensor::{Tensor, TensorData, activation::softmax, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use kvpress_core::error::{CoreError, Result};
 use kvpress_core::press::{ContextModel, check_ratio, to_host};
 use kvpress_core::{KvCache, LayerCache, LayerInputs, Press};
@@ -22,6 +22,8 @@ use kvpress_core::{KvCache, LayerCache, LayerInputs, Press};
 const CHUNK: usize = 2048;
 /// Tokens of the previous chunk that start the next probe.
 const OVERLAP: usize = 8;
+/// Probe rows scored at once.
+const PROBE_ROWS: usize = 256;
 
 /// The KVzip press (defaults `layerwise = false`, `n_sink = 4`, no KVzip+).
 #[derive(Debug, Clone)]
@@ -86,70 +88,121 @@ impl Probe {
                 detail: format!("{total} cached entries for {} + {q}", self.context),
             });
         }
-        let pick = |t: &Tensor<B, 4>| {
-            Tensor::cat(
-                vec![
-                    t.clone().narrow(2, 0, sink),
-                    t.clone().narrow(2, s, len),
-                    t.clone().narrow(2, self.context, q),
-                ],
-                2,
-            )
-        };
-        let m = sink + len + q;
-        let k = pick(keys);
-        let logits = inputs
-            .queries
-            .clone()
-            .reshape([1, h_kv, g * q, d])
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar((d as f32).powf(-0.5));
-        // probe row i sees every sink and chunk key and probe keys 0..=i
-        let mut bias = vec![0f32; q * m];
-        for i in 0..q {
-            for j in (i + 1)..q {
-                bias[i * m + sink + len + j] = f32::NEG_INFINITY;
-            }
+        let device = keys.device();
+        let scale = (d as f32).powf(-0.5);
+        // the context keys (sinks + chunk) are visible to every probe row; probe key j to rows
+        // i ≥ j. Rows go in blocks: keys of earlier blocks are fully visible, only the block's
+        // own diagonal square needs a mask, so no mask as large as the scores is ever built.
+        let chunk_keys = keys.clone().narrow(2, s, len);
+        let k_ctx = if sink > 0 {
+            Tensor::cat(vec![keys.clone().narrow(2, 0, sink), chunk_keys], 2)
+        } else {
+            chunk_keys
         }
-        let bias: Vec<f32> = (0..g).flat_map(|_| bias.iter().copied()).collect();
-        let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [g * q, m]), &keys.device())
-            .reshape([1, 1, g * q, m]);
-        let mut attention = softmax(logits + bias, 3)
-            .narrow(3, sink, len)
-            .reshape([h_kv, g, q, len]);
-        if self.plus {
-            // × ‖v_j W_O[h]‖₂ per query head, ÷ ‖x_t‖₂ per probe row
-            let [rows, hidden] = inputs.weights.o_proj.dims();
-            if rows != h * d {
-                return Err(CoreError::Shape {
-                    context: "kvzip+",
-                    detail: format!(
-                        "W_O {:?} for {h} heads of {d}",
-                        inputs.weights.o_proj.dims()
-                    ),
-                });
-            }
-            let w = inputs
-                .weights
-                .o_proj
-                .clone()
-                .reshape([h_kv, g, d, hidden])
-                .swap_dims(1, 2)
-                .reshape([h_kv, d, g * hidden]);
-            let v = values.clone().narrow(2, s, len).reshape([h_kv, len, d]);
-            let projected = v.matmul(w).reshape([h_kv, len, g, hidden]);
-            let norms = (projected.clone() * projected)
-                .sum_dim(3)
-                .sqrt()
-                .reshape([h_kv, len, g])
-                .swap_dims(1, 2)
-                .reshape([h_kv, g, 1, len]);
+        .swap_dims(2, 3); // [1, h_kv, d, sink + len]
+        let norms = self
+            .plus
+            .then(|| self.value_norms(inputs, values, s, len, [h_kv, g, d]))
+            .transpose()?;
+        let x_norms = {
             let x = inputs.hidden_states.clone();
-            let x_norms = (x.clone() * x).sum_dim(2).sqrt().reshape([1, 1, q, 1]);
-            attention = attention * norms / x_norms;
+            (x.clone() * x).sum_dim(2).sqrt().reshape([q])
+        };
+        let mut best: Option<Tensor<B, 2>> = None;
+        for r0 in (0..q).step_by(PROBE_ROWS) {
+            let rows = PROBE_ROWS.min(q - r0);
+            let qb = inputs
+                .queries
+                .clone()
+                .narrow(2, r0, rows)
+                .reshape([1, h_kv, g * rows, d]);
+            let probe_keys = |from: usize, count: usize| {
+                keys.clone()
+                    .narrow(2, self.context + from, count)
+                    .swap_dims(2, 3)
+            };
+            let l_ctx = qb.clone().matmul(k_ctx.clone()).mul_scalar(scale);
+            let mut diag_bias = Vec::with_capacity(h_kv * g * rows * rows);
+            for _ in 0..h_kv * g {
+                for i in 0..rows {
+                    diag_bias
+                        .extend((0..rows).map(|j| if j <= i { 0.0 } else { f32::NEG_INFINITY }));
+                }
+            }
+            let diag_bias = Tensor::<B, 4>::from_data(
+                TensorData::new(diag_bias, [1, h_kv, g * rows, rows]),
+                &device,
+            );
+            let l_diag = qb.clone().matmul(probe_keys(r0, rows)).mul_scalar(scale) + diag_bias;
+            let l_prev = (r0 > 0).then(|| qb.matmul(probe_keys(0, r0)).mul_scalar(scale));
+            // log-sum-exp of each row over the three parts
+            let mut top = l_ctx.clone().max_dim(3).max_pair(l_diag.clone().max_dim(3));
+            if let Some(prev) = &l_prev {
+                top = top.max_pair(prev.clone().max_dim(3));
+            }
+            let e_ctx = (l_ctx - top.clone()).exp();
+            let mut total = e_ctx.clone().sum_dim(3) + (l_diag - top.clone()).exp().sum_dim(3);
+            if let Some(prev) = l_prev {
+                total = total + (prev - top).exp().sum_dim(3);
+            }
+            let mut weighted = (e_ctx.narrow(3, sink, len) / total).reshape([h_kv, g, rows, len]);
+            if let Some(n) = &norms {
+                let xr = x_norms.clone().narrow(0, r0, rows).reshape([1, 1, rows, 1]);
+                weighted = weighted * n.clone() / xr;
+            }
+            let block = weighted.max_dim(2).max_dim(1).reshape([h_kv, len]);
+            best = Some(match best {
+                None => block,
+                Some(b) => b.max_pair(block),
+            });
         }
-        let best = attention.max_dim(2).max_dim(1).reshape([h_kv * len]);
+        let best = best
+            .ok_or_else(|| CoreError::Invalid {
+                name: "kvzip",
+                detail: "an empty probe".into(),
+            })?
+            .reshape([h_kv * len]);
         Ok(to_host(best)?.chunks(len).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl Probe {
+    /// `‖v_j W_O[h]‖₂` of the chunk's values (slots `s..s + len`) per query head:
+    /// `[h_kv, g, 1, len]`.
+    fn value_norms<B: Backend>(
+        &self,
+        inputs: &LayerInputs<'_, B>,
+        values: &Tensor<B, 4>,
+        s: usize,
+        len: usize,
+        [h_kv, g, d]: [usize; 3],
+    ) -> Result<Tensor<B, 4>> {
+        let [rows, hidden] = inputs.weights.o_proj.dims();
+        if rows != h_kv * g * d {
+            return Err(CoreError::Shape {
+                context: "kvzip+",
+                detail: format!(
+                    "W_O {:?} for {} heads of {d}",
+                    inputs.weights.o_proj.dims(),
+                    h_kv * g
+                ),
+            });
+        }
+        let w = inputs
+            .weights
+            .o_proj
+            .clone()
+            .reshape([h_kv, g, d, hidden])
+            .swap_dims(1, 2)
+            .reshape([h_kv, d, g * hidden]);
+        let v = values.clone().narrow(2, s, len).reshape([h_kv, len, d]);
+        let projected = v.matmul(w).reshape([h_kv, len, g, hidden]);
+        Ok((projected.clone() * projected)
+            .sum_dim(3)
+            .sqrt()
+            .reshape([h_kv, len, g])
+            .swap_dims(1, 2)
+            .reshape([h_kv, g, 1, len]))
     }
 }
 
