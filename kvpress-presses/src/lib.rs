@@ -4,12 +4,16 @@
 //! [`kvpress_core::Press`] over any burn backend, with the defaults of kvpress 0.5.5.
 //!
 //! - Scorers (`Knorm`, `SnapKv`, `ExpectedAttention`, `StreamingLlm`, `Tova`,
-//!   `ObservedAttention`, `RandomScores`, `KeyDiff`, `LagKv`) become presses through
-//!   [`kvpress_core::ScorerPress`] and are what the wrappers take.
+//!   `ObservedAttention`, `RandomScores`, `KeyDiff`, `LagKv`, `Cur`, `NonCausalAttention`,
+//!   `Leverage`, `Compactor`, `Cap`, and from artefact files `QFilter`, `KvZap`,
+//!   `ExpectedAttentionStats`) become presses through [`kvpress_core::ScorerPress`] and are what
+//!   the wrappers take.
 //! - Wrappers of a scorer: `AdaKv` and `CriticalAdaKv` (head-wise budgets; the cache goes ragged
 //!   and really shrinks), `CriticalKv`, `PerLayerCompression`, `Chunk`, `ChunkKv`, `Block`,
-//!   `KeyRerotation`.
-//! - Presses of their own: `PyramidKv`, `Think`, `Composed`.
+//!   `KeyRerotation`, `LuKv`, `Merging`, `Dms`, and the decoding-time `Decoding`.
+//! - Presses of their own: `PyramidKv`, `Think`, `KvZip` and `FastKvZip` (one budget for the
+//!   whole model, applied after the prefill), `DuoAttention`, `SimLayerKv`, `Composed`,
+//!   `PrefillDecoding`.
 //! - [`registry`] names all of them and builds one from a press expression ([`expr`]), as the
 //!   command line does: `registry::build::<B>("adakv(expected_attention)", Some(0.5))`.
 

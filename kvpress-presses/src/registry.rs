@@ -1413,6 +1413,31 @@ mod tests {
         format!("{name}(path='{}'{extra})", path.display())
     }
 
+    /// An expression of `info`'s press with its defaults (and the artefacts it needs);
+    /// `per_layer_compression` gets `ratio`.
+    fn default_expression(info: &PressInfo, ratio: f64) -> String {
+        match (info.kind, info.name) {
+            (Kind::Wrapper, "per_layer_compression") => {
+                format!("{}(knorm, compression_ratios=[{ratio}])", info.name)
+            }
+            (Kind::Wrapper, "dms") => "dms(knorm, threshold=-1e9)".to_string(),
+            (Kind::Wrapper, "lukv") => artefact_expression("lukv"),
+            (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
+            (_, "composed") => "composed(knorm, think)".to_string(),
+            (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
+            (
+                _,
+                "qfilter"
+                | "kvzap"
+                | "expected_attention_stats"
+                | "lukv"
+                | "duo_attention"
+                | "fast_kvzip",
+            ) => artefact_expression(info.name),
+            _ => info.name.to_string(),
+        }
+    }
+
     fn pointed(e: &ExprError) -> &str {
         &e.source[e.span.start..e.span.end]
     }
@@ -1420,26 +1445,7 @@ mod tests {
     #[test]
     fn every_catalogue_entry_builds_with_its_defaults() {
         for info in CATALOGUE {
-            let src = match (info.kind, info.name) {
-                (Kind::Wrapper, "per_layer_compression") => {
-                    format!("{}(knorm, compression_ratios=[0.25])", info.name)
-                }
-                (Kind::Wrapper, "dms") => "dms(knorm, threshold=-1e9)".to_string(),
-                (Kind::Wrapper, "lukv") => artefact_expression("lukv"),
-                (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
-                (_, "composed") => "composed(knorm, think)".to_string(),
-                (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (
-                    _,
-                    "qfilter"
-                    | "kvzap"
-                    | "expected_attention_stats"
-                    | "lukv"
-                    | "duo_attention"
-                    | "fast_kvzip",
-                ) => artefact_expression(info.name),
-                _ => info.name.to_string(),
-            };
+            let src = default_expression(info, 0.25);
             let press = match build::<Flex>(&src, Some(0.25)) {
                 Ok(p) => p,
                 Err(e) => panic!("{src}: {e}"),
@@ -1471,26 +1477,7 @@ mod tests {
     fn ratio_zero_leaves_the_cache_untouched() {
         let f = Fixture::new(2, 2, 300, 8);
         for info in CATALOGUE {
-            let src = match (info.kind, info.name) {
-                (Kind::Wrapper, "per_layer_compression") => {
-                    format!("{}(knorm, compression_ratios=[0.0])", info.name)
-                }
-                (Kind::Wrapper, "dms") => "dms(knorm, threshold=-1e9)".to_string(),
-                (Kind::Wrapper, "lukv") => artefact_expression("lukv"),
-                (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
-                (_, "composed") => "composed(knorm, think)".to_string(),
-                (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
-                (
-                    _,
-                    "qfilter"
-                    | "kvzap"
-                    | "expected_attention_stats"
-                    | "lukv"
-                    | "duo_attention"
-                    | "fast_kvzip",
-                ) => artefact_expression(info.name),
-                _ => info.name.to_string(),
-            };
+            let src = default_expression(info, 0.0);
             let press = build::<Flex>(&src, Some(0.0)).unwrap_or_else(|e| panic!("{src}: {e}"));
             let mut cache = LayerCache::default();
             cache
