@@ -341,6 +341,7 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
                     vec!["0.5"; 30].join(",")
                 )
             }
+            (Kind::Wrapper, "cam") => "cam(knorm, compression_interval=2, target_size=100)".into(),
             (Kind::Wrapper, "decoding") => {
                 "decoding(knorm, compression_interval=2, target_size=100)".into()
             }
@@ -426,7 +427,7 @@ fn every_press_runs_end_to_end_and_reports_its_real_ratio() {
             let r: f64 = ratio.parse().expect("ratio");
             let expected = match info.name {
                 // channel pruning and decoding-time presses leave the prefilled entries
-                "think" | "decoding" | "compression_ratio_decoding" => Some(0.0),
+                "think" | "decoding" | "compression_ratio_decoding" | "cam" => Some(0.0),
                 "per_layer_compression" => Some(0.5),
                 // streaming_llm scores entry i with i: positions 4..300 (not the sinks) leave
                 // the window of 50 below the threshold

@@ -82,12 +82,21 @@ fn decode(expr: &str, ratio: Option<f64>, steps: usize) -> (usize, Vec<(usize, u
 
 #[test]
 fn decoding_keeps_every_layer_between_target_and_target_plus_interval() {
-    let (n, seen) = decode(
+    check_band(
         "decoding(knorm, compression_interval=16, target_size=64)",
-        None,
         200,
     );
-    assert_eq!(seen.len(), 30 * 200, "one record per layer and forward");
+}
+
+#[test]
+fn cam_keeps_the_same_band_while_merging() {
+    check_band("cam(knorm, compression_interval=16, target_size=64)", 60);
+}
+
+/// Through `steps` generated tokens, every layer holds 64..=79 entries once compression began.
+fn check_band(expr: &str, steps: usize) {
+    let (n, seen) = decode(expr, None, steps);
+    assert_eq!(seen.len(), 30 * steps, "one record per layer and forward");
     for &(layer, last, len) in &seen {
         let forward = last + 1 - (n + 18); // 0: the question, then one per generated token
         if forward < 15 {

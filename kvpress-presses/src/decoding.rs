@@ -14,8 +14,8 @@ use std::sync::Mutex;
 
 use burn::tensor::{Tensor, backend::Backend};
 use kvpress_core::error::{CoreError, Result};
-use kvpress_core::press::{check_positive, check_ratio};
-use kvpress_core::{LayerCache, LayerInputs, Press, Scorer, top_scored_indices};
+use kvpress_core::press::{HostScores, check_positive, check_ratio, host_scores, top_k_per_head};
+use kvpress_core::{LayerCache, LayerInputs, Press, Scorer};
 
 /// How many entries a layer keeps after a decoding-time compression.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,7 +28,7 @@ pub enum Target {
 }
 
 impl Target {
-    fn entries(self, last_position: usize) -> usize {
+    pub(crate) fn entries(self, last_position: usize) -> usize {
         match self {
             Target::Size(n) => n,
             Target::Ratio(r) => (((last_position + 1) as f64 * (1.0 - r)) as usize).max(1),
@@ -37,9 +37,9 @@ impl Target {
 }
 
 /// The recent attention inputs of one layer.
-struct Buffer<B: Backend> {
+pub(crate) struct Buffer<B: Backend> {
     /// Forwards since the last compression.
-    steps: usize,
+    pub(crate) steps: usize,
     /// `[1, m, hidden]`, `[1, h_q, m, d]` (post- and pre-RoPE), `m` positions.
     rows: Option<(Tensor<B, 3>, Tensor<B, 4>, Tensor<B, 4>)>,
     positions: Vec<usize>,
@@ -56,8 +56,43 @@ impl<B: Backend> Default for Buffer<B> {
 }
 
 impl<B: Backend> Buffer<B> {
+    /// Empties the buffer after a compression.
+    pub(crate) fn clear(&mut self) {
+        self.steps = 0;
+        self.rows = None;
+        self.positions.clear();
+    }
+
+    /// Scores keys/values `[1, h_kv, n, d]` with `scorer` against the buffered queries (the
+    /// last entries of every head), then empties the buffer.
+    pub(crate) fn score<S: Scorer<B>>(
+        &mut self,
+        scorer: &S,
+        inputs: &LayerInputs<'_, B>,
+        keys: &Tensor<B, 4>,
+        values: &Tensor<B, 4>,
+    ) -> Result<HostScores> {
+        let positions = std::mem::take(&mut self.positions);
+        let rows = self.rows.take();
+        self.clear();
+        let Some((hidden, queries, pre)) = rows else {
+            return Err(CoreError::Invalid {
+                name: "decoding",
+                detail: "no buffered query to score with".into(),
+            });
+        };
+        let sub = LayerInputs {
+            hidden_states: &hidden,
+            queries: &queries,
+            queries_pre_rope: &pre,
+            positions: &positions,
+            ..*inputs
+        };
+        host_scores(scorer, &sub, keys, values)
+    }
+
     /// Adds a forward's rows and keeps the last `limit` (all of this forward's if `limit` is 0).
-    fn push(&mut self, inputs: &LayerInputs<'_, B>, limit: usize) {
+    pub(crate) fn push(&mut self, inputs: &LayerInputs<'_, B>, limit: usize) {
         self.steps += 1;
         let (h, q, p) = (
             inputs.hidden_states.clone(),
@@ -157,26 +192,15 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Decoding<B, S> {
         if buffer.steps < self.compression_interval && inputs.positions.len() < target {
             return Ok(());
         }
-        let rows = buffer.rows.take();
-        let positions = std::mem::take(&mut buffer.positions);
-        buffer.steps = 0;
-        let Some((hidden, queries, pre)) = rows else {
-            return Ok(());
-        };
         let Some((keys, values)) = cache.keys_values()? else {
             return Ok(());
         };
         if keys.dims()[2] <= target {
+            buffer.clear();
             return Ok(());
         }
-        let sub = LayerInputs {
-            hidden_states: &hidden,
-            queries: &queries,
-            queries_pre_rope: &pre,
-            positions: &positions,
-            ..*inputs
-        };
-        let kept = top_scored_indices(&self.scorer, &sub, keys, values, |_| target)?;
+        let scores = buffer.score(&self.scorer, inputs, keys, values)?;
+        let kept = top_k_per_head(&scores.rows, &scores.protected, target);
         cache.keep(&kept)
     }
 

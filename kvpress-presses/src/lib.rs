@@ -21,6 +21,7 @@ pub use kvpress_core::{LayerInputs, Press};
 
 pub mod adakv;
 pub mod block;
+pub mod cam;
 pub mod cap;
 pub mod chunk;
 pub mod chunkkv;

@@ -17,6 +17,7 @@ use kvpress_core::{Press, Scorer, ScorerPress};
 
 use crate::adakv::AdaKv;
 use crate::block::Block;
+use crate::cam::Cam;
 use crate::cap::Cap;
 use crate::chunk::Chunk;
 use crate::chunkkv::ChunkKv;
@@ -451,6 +452,33 @@ pub const CATALOGUE: &[PressInfo] = &[
         ],
     },
     PressInfo {
+        name: "cam",
+        kind: Kind::Wrapper,
+        summary: "decoding-time eviction that first merges evicted values into the next kept ones",
+        params: &[
+            param(
+                "compression_interval",
+                "512",
+                "generated tokens between compressions",
+            ),
+            param(
+                "target_size",
+                "2048",
+                "entries per layer kept by each compression",
+            ),
+            param(
+                "hidden_states_buffer_size",
+                "256",
+                "recent tokens whose queries the scorer sees",
+            ),
+            param(
+                "merge_budget",
+                "32",
+                "kept tokens after an evicted one sharing its value",
+            ),
+        ],
+    },
+    PressInfo {
         name: "compression_ratio_decoding",
         kind: Kind::Wrapper,
         summary: "decoding, keeping a fixed fraction of all tokens seen so far",
@@ -659,6 +687,7 @@ impl Builder<'_> {
                 | "prefill_decoding"
                 | "simlayerkv"
                 | "dms"
+                | "cam"
         );
         for (i, arg) in expr.args.iter().enumerate() {
             match &arg.key {
@@ -756,6 +785,15 @@ impl Builder<'_> {
                     p.compression_interval = self.positive(&args, "compression_interval", 512)?;
                     p.hidden_states_buffer_size =
                         self.count(&args, "hidden_states_buffer_size", 256)?;
+                    return Ok(Box::new(p));
+                }
+                if name == "cam" {
+                    let mut p = Cam::<B, _>::new(scorer);
+                    p.compression_interval = self.positive(&args, "compression_interval", 512)?;
+                    p.target_size = self.positive(&args, "target_size", 2048)?;
+                    p.hidden_states_buffer_size =
+                        self.count(&args, "hidden_states_buffer_size", 256)?;
+                    p.merge_budget = self.positive(&args, "merge_budget", 32)?;
                     return Ok(Box::new(p));
                 }
                 if name == "dms" {
@@ -1463,7 +1501,8 @@ mod tests {
                 | "simlayerkv"
                 | "dms"
                 | "duo_attention"
-                | "fast_kvzip" => 600,
+                | "fast_kvzip"
+                | "cam" => 600,
                 _ => 450,
             };
             assert!(
