@@ -21,6 +21,7 @@ use kvpress_core::press::{check_positive, ranked, to_host};
 use kvpress_core::{LayerCache, LayerInputs, Press, Scorer};
 
 use crate::decoding::Buffer;
+use crate::random::splitmix;
 
 /// One layer's state: the buffered queries and `Ā` per head and cache entry.
 struct State<B: Backend> {
@@ -60,11 +61,8 @@ impl<B: Backend, S> Cam<B, S> {
 
 /// A uniform number in `[0, 1)` from `(layer, position, head)`.
 fn uniform(layer: usize, position: usize, head: usize) -> f64 {
-    let mut z = (layer as u64) << 40 ^ (position as u64) << 8 ^ head as u64;
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    let z = splitmix((layer as u64) << 40 ^ (position as u64) << 8 ^ head as u64);
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Merges the chosen evicted values into their windows of kept values (host `[h][n][d]`).
