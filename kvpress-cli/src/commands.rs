@@ -433,6 +433,7 @@ pub fn calibrate(model: Option<&Path>, args: &CalibrateArgs, json: bool) -> anyh
                 &mut cache,
                 &ForwardOptions {
                     press: Some(collector),
+                    ..Default::default()
                 },
             )?;
         }

@@ -169,6 +169,10 @@ enum Command {
         /// Keep only the first N context tokens.
         #[arg(long, value_name = "N")]
         max_context_length: Option<usize>,
+        /// Compress the question together with the context (kvpress's `query_aware`; one
+        /// question). Presses such as `finch` need it.
+        #[arg(long)]
+        query_aware: bool,
         /// Apply the chat template to a --prompt (the text is one user message).
         #[arg(long)]
         chat: bool,
@@ -259,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             answer_prefix,
             press,
             max_context_length,
+            query_aware,
             chat,
             max_new_tokens,
             ignore_eos,
@@ -279,6 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     answer_prefix,
                     max_new_tokens: max_new_tokens.unwrap_or(50),
                     max_context_length,
+                    query_aware,
                 };
                 return commands::answer(cli.model.as_deref(), &request, &press, json);
             }

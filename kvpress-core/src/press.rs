@@ -39,6 +39,9 @@ pub struct LayerInputs<'a, B: Backend> {
     pub rope: &'a RotaryEmbedding,
     /// The layer's projection weights.
     pub weights: AttentionWeights<'a, B>,
+    /// Trailing tokens of this prefill that are the question (query-aware compression: the
+    /// question is prefilled with the context); 0 otherwise.
+    pub question_tokens: usize,
 }
 
 /// The projection weights of one attention layer, in the `[in, out]` layout (`y = x · W`).

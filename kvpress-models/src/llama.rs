@@ -121,11 +121,16 @@ pub struct ForwardOptions<'a, B: Backend> {
     /// Press called on each layer after its attention: [`Press::compress`] when the forward
     /// is a prefill (the cache was empty), [`Press::compress_decoding`] otherwise.
     pub press: Option<&'a dyn Press<B>>,
+    /// Trailing tokens of a prefill that are the question (query-aware compression).
+    pub question_tokens: usize,
 }
 
 impl<B: Backend> Default for ForwardOptions<'_, B> {
     fn default() -> Self {
-        Self { press: None }
+        Self {
+            press: None,
+            question_tokens: 0,
+        }
     }
 }
 
@@ -418,6 +423,7 @@ impl<B: Backend> Llama<B> {
                     queries_pre_rope: &p.queries_pre_rope,
                     positions,
                     rope: &self.rope,
+                    question_tokens: options.question_tokens,
                     weights: AttentionWeights {
                         q_proj: &attn.q_proj.weight,
                         k_proj: &attn.k_proj.weight,

@@ -47,6 +47,9 @@ pub struct Request {
     pub max_new_tokens: usize,
     /// Context tokens kept at most (the context is truncated to its first tokens).
     pub max_context_length: Option<usize>,
+    /// Query-aware compression (kvpress's evaluation flag): the one question is appended to the
+    /// context and compressed with it; the uncompressed part is the assistant header only.
+    pub query_aware: bool,
 }
 
 impl Request {
@@ -58,6 +61,7 @@ impl Request {
             answer_prefix: String::new(),
             max_new_tokens: 50,
             max_context_length: None,
+            query_aware: false,
         }
     }
 
@@ -111,6 +115,8 @@ pub struct Prompt {
     pub context_ids: Vec<u32>,
     /// Each question + template suffix + answer prefix.
     pub question_ids: Vec<Vec<u32>>,
+    /// Trailing context tokens that are the question (query-aware requests), else 0.
+    pub question_tokens: usize,
 }
 
 /// A model with its tokenizer, answering questions about compressed contexts.
@@ -155,6 +161,9 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         if request.context.trim().is_empty() {
             return Err(ModelError::Input("the context is empty".into()));
         }
+        if request.query_aware {
+            return self.query_aware_prompt(request);
+        }
         let (context_text, suffix) = self.split_template(&request.context)?;
         let mut context_ids = self.tokenizer.encode(&context_text, false)?;
         if let Some(max) = request.max_context_length {
@@ -175,11 +184,55 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         Ok(Prompt {
             context_ids,
             question_ids,
+            question_tokens: 0,
+        })
+    }
+
+    /// The query-aware split: template prefix + context + question compressed together (the
+    /// context truncated to `max_context_length` first), then the template suffix and answer
+    /// prefix.
+    fn query_aware_prompt(&self, request: &Request) -> Result<Prompt> {
+        let [question] = &request.questions[..] else {
+            return Err(ModelError::Input(format!(
+                "query-aware compression takes exactly one question, got {}",
+                request.questions.len()
+            )));
+        };
+        let (context_text, _) = self.split_template(&request.context)?;
+        let context_ids = self.tokenizer.encode(&context_text, false)?;
+        let (with_question, suffix) =
+            self.split_template(&format!("{}{question}", &request.context))?;
+        let full = self.tokenizer.encode(&with_question, false)?;
+        // the question's tokens: what the question adds to the templated context
+        let question_tokens = full.len().saturating_sub(context_ids.len());
+        let mut ids = context_ids;
+        if let Some(max) = request.max_context_length {
+            ids.truncate(max);
+        }
+        ids.extend_from_slice(&full[full.len() - question_tokens..]);
+        Ok(Prompt {
+            context_ids: ids,
+            question_ids: vec![
+                self.tokenizer
+                    .encode(&format!("{suffix}{}", request.answer_prefix), false)?,
+            ],
+            question_tokens,
         })
     }
 
     /// Prefills `context_ids` at positions `0..n`, compressing every layer with `press`.
     pub fn prefill(&self, context_ids: &[u32], press: Option<&dyn Press<B>>) -> Result<KvCache<B>> {
+        self.prefill_query_aware(context_ids, press, 0)
+    }
+
+    /// [`Pipeline::prefill`] where the last `question_tokens` of `context_ids` are the question
+    /// (query-aware compression: the press sees the question among the compressed tokens).
+    pub fn prefill_query_aware(
+        &self,
+        context_ids: &[u32],
+        press: Option<&dyn Press<B>>,
+        question_tokens: usize,
+    ) -> Result<KvCache<B>> {
         if let Some(p) = press {
             p.reset();
         }
@@ -189,7 +242,10 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             context_ids,
             &positions,
             &mut cache,
-            &ForwardOptions { press },
+            &ForwardOptions {
+                press,
+                question_tokens,
+            },
         )?;
         if let Some(p) = press {
             p.after_prefill(self, context_ids, &mut cache)?;
@@ -209,7 +265,10 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         press: Option<&dyn Press<B>>,
     ) -> Result<Vec<String>> {
         one_question_for_decoding_presses(press, prompt.question_ids.len())?;
-        let forward = ForwardOptions { press };
+        let forward = ForwardOptions {
+            press,
+            ..Default::default()
+        };
         let context = cache.mark();
         let question_start = cache.next_position();
         let options = GenerationOptions {
@@ -252,9 +311,10 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         }
         let start = Instant::now();
         let timed = press.map(TimedPress::new);
-        let mut cache = self.prefill(
+        let mut cache = self.prefill_query_aware(
             &prompt.context_ids,
             timed.as_ref().map(|t| t as &dyn Press<B>),
+            prompt.question_tokens,
         )?;
         let prefill_seconds = start.elapsed().as_secs_f64();
         let press_seconds = timed.as_ref().map_or(0.0, TimedPress::seconds);
@@ -326,7 +386,15 @@ impl<B: Backend> ContextModel<B> for Pipeline<'_, B> {
         hook: &dyn Press<B>,
     ) -> CoreResult<()> {
         self.model
-            .forward(ids, positions, cache, &ForwardOptions { press: Some(hook) })
+            .forward(
+                ids,
+                positions,
+                cache,
+                &ForwardOptions {
+                    press: Some(hook),
+                    ..Default::default()
+                },
+            )
             .map(|_| ())
             .map_err(|e| CoreError::Model(e.to_string()))
     }

@@ -72,6 +72,7 @@ fn decode(expr: &str, ratio: Option<f64>, steps: usize) -> (usize, Vec<(usize, u
         &options,
         &ForwardOptions {
             press: Some(&watch),
+            ..Default::default()
         },
         false,
     )

@@ -60,8 +60,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Chunk<S> {
                 queries: &queries,
                 queries_pre_rope: &pre,
                 positions: &positions,
-                rope: inputs.rope,
-                weights: inputs.weights,
+                ..*inputs
             };
             let (k, v) = (
                 keys.clone().narrow(2, start, len),

@@ -43,28 +43,37 @@ impl<B: Backend, S: Scorer<B>> Press<B> for KeyRerotation<S> {
             kept_count(n, self.compression_ratio)
         })?;
         cache.keep(&kept)?;
-        let old = cache.positions().to_vec();
-        let n_kept = old.first().map_or(0, Vec::len);
-        let deltas: Vec<Vec<i64>> = old
-            .iter()
-            .map(|head| {
-                head.iter()
-                    .enumerate()
-                    .map(|(new, &p)| new as i64 - p as i64)
-                    .collect()
-            })
-            .collect();
-        let mut rotated = Ok(());
-        cache.map_keys(|k| match inputs.rope.rotate_keys(k.clone(), &deltas) {
-            Ok(r) => r,
-            Err(e) => {
-                rotated = Err(e);
-                k
-            }
-        })?;
-        rotated?;
-        cache.relabel_positions(vec![(0..n_kept).collect(); old.len()], n_kept)
+        rerotate_to_front(inputs, cache)
     }
+}
+
+/// Re-rotates every head's entries (in cache order, ascending positions) to positions
+/// `0..kept` and makes `kept` the next position.
+pub(crate) fn rerotate_to_front<B: Backend>(
+    inputs: &LayerInputs<'_, B>,
+    cache: &mut LayerCache<B>,
+) -> Result<()> {
+    let old = cache.positions().to_vec();
+    let n_kept = old.first().map_or(0, Vec::len);
+    let deltas: Vec<Vec<i64>> = old
+        .iter()
+        .map(|head| {
+            head.iter()
+                .enumerate()
+                .map(|(new, &p)| new as i64 - p as i64)
+                .collect()
+        })
+        .collect();
+    let mut rotated = Ok(());
+    cache.map_keys(|k| match inputs.rope.rotate_keys(k.clone(), &deltas) {
+        Ok(r) => r,
+        Err(e) => {
+            rotated = Err(e);
+            k
+        }
+    })?;
+    rotated?;
+    cache.relabel_positions(vec![(0..n_kept).collect(); old.len()], n_kept)
 }
 
 #[cfg(all(test, feature = "flex"))]

@@ -37,6 +37,7 @@ pub mod expected_attention;
 pub mod expected_attention_stats;
 pub mod expr;
 pub mod fast_kvzip;
+pub mod finch;
 pub mod key_rerotation;
 pub mod keydiff;
 pub mod knorm;

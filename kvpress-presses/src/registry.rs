@@ -33,6 +33,7 @@ use crate::expected_attention::ExpectedAttention;
 use crate::expected_attention_stats::ExpectedAttentionStats;
 use crate::expr::{Arg, ExprError, PressExpr, Span, Value, parse};
 use crate::fast_kvzip::FastKvZip;
+use crate::finch::Finch;
 use crate::key_rerotation::KeyRerotation;
 use crate::keydiff::KeyDiff;
 use crate::knorm::Knorm;
@@ -594,6 +595,29 @@ pub const CATALOGUE: &[PressInfo] = &[
         ],
     },
     PressInfo {
+        name: "finch",
+        kind: Kind::Press,
+        summary: "prompt-guided snapkv: the question (--query-aware) is the window; keys re-rotated",
+        params: &[
+            param("chunk_length", "none", "select per chunk of this length"),
+            param(
+                "normalize_scores",
+                "true",
+                "weight each question row by its position",
+            ),
+            param(
+                "rerotate_keys",
+                "true",
+                "move the kept keys to positions 0..kept",
+            ),
+            param(
+                "window_size",
+                "the question",
+                "question length when not --query-aware",
+            ),
+        ],
+    },
+    PressInfo {
         name: "pyramidkv",
         kind: Kind::Press,
         summary: "snapkv with layer budgets shrinking linearly with depth",
@@ -936,6 +960,20 @@ impl Builder<'_> {
                         p.n_sink = self.count(&args, "n_sink", 4)?;
                         p.window_size = self.count(&args, "window_size", 4096)?;
                         p.window_ratio = self.unit(&args, "window_ratio", 0.02)?;
+                        Box::new(p)
+                    }
+                    "finch" => {
+                        let mut p = self.at(Finch::new(self.ratio(&args, inherited)?), at)?;
+                        p.normalize_scores = self.boolean(&args, "normalize_scores", true)?;
+                        p.rerotate_keys = self.boolean(&args, "rerotate_keys", true)?;
+                        p.chunk_length = find(&args, "chunk_length")
+                            .is_some()
+                            .then(|| self.positive(&args, "chunk_length", 1))
+                            .transpose()?;
+                        p.window_size = find(&args, "window_size")
+                            .is_some()
+                            .then(|| self.positive(&args, "window_size", 1))
+                            .transpose()?;
                         Box::new(p)
                     }
                     "kvzip" => {
@@ -1462,6 +1500,7 @@ mod tests {
             (Kind::Wrapper, "lukv") => artefact_expression("lukv"),
             (Kind::Wrapper, _) => format!("{}(snapkv)", info.name),
             (_, "composed") => "composed(knorm, think)".to_string(),
+            (_, "finch") => "finch(window_size=8)".to_string(),
             (_, "prefill_decoding") => "prefill_decoding(knorm, decoding(knorm))".to_string(),
             (
                 _,

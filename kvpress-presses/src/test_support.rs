@@ -58,6 +58,7 @@ impl Fixture {
             queries_pre_rope: &self.queries,
             positions: &self.positions,
             rope: &self.rope,
+            question_tokens: 0,
             weights: AttentionWeights {
                 q_proj: &self.w_q,
                 k_proj: &self.w_k,

@@ -148,6 +148,7 @@ fn prefill(
     let timed = press.map(TimedPress::new);
     let options = ForwardOptions {
         press: timed.as_ref().map(|t| t as &dyn Press<B>),
+        ..Default::default()
     };
     let start = Instant::now();
     let hidden = model.forward(ids, &positions, &mut cache, &options)?;
