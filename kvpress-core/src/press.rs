@@ -140,6 +140,12 @@ pub trait Scorer<B: Backend>: Send + Sync {
     fn protected(&self, _inputs: &LayerInputs<'_, B>, _n: usize) -> Result<Vec<bool>> {
         Ok(Vec::new())
     }
+
+    /// True when an entry's score depends only on its own key and value, so it never changes
+    /// once computed (decoding-time presses then score only the new entries).
+    fn scores_are_per_token(&self) -> bool {
+        false
+    }
 }
 
 impl<B: Backend, S: Scorer<B> + ?Sized> Scorer<B> for Box<S> {
@@ -154,6 +160,10 @@ impl<B: Backend, S: Scorer<B> + ?Sized> Scorer<B> for Box<S> {
 
     fn protected(&self, inputs: &LayerInputs<'_, B>, n: usize) -> Result<Vec<bool>> {
         (**self).protected(inputs, n)
+    }
+
+    fn scores_are_per_token(&self) -> bool {
+        (**self).scores_are_per_token()
     }
 }
 

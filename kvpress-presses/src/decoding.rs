@@ -43,6 +43,9 @@ pub(crate) struct Buffer<B: Backend> {
     /// `[1, m, hidden]`, `[1, h_q, m, d]` (post- and pre-RoPE), `m` positions.
     rows: Option<(Tensor<B, 3>, Tensor<B, 4>, Tensor<B, 4>)>,
     positions: Vec<usize>,
+    /// Per head, the scores of the cache's entries as of the last compression (per-token
+    /// scorers only: they never change).
+    kept_scores: Vec<Vec<f32>>,
 }
 
 impl<B: Backend> Default for Buffer<B> {
@@ -51,6 +54,7 @@ impl<B: Backend> Default for Buffer<B> {
             steps: 0,
             rows: None,
             positions: Vec::new(),
+            kept_scores: Vec::new(),
         }
     }
 }
@@ -199,8 +203,47 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Decoding<B, S> {
             buffer.clear();
             return Ok(());
         }
-        let scores = buffer.score(&self.scorer, inputs, keys, values)?;
+        let [_, h_kv, n, _] = keys.dims();
+        let scores = if self.scorer.scores_are_per_token() {
+            // old entries keep their scores; only those appended since are scored
+            let have = buffer.kept_scores.first().map_or(0, Vec::len);
+            let have = if buffer.kept_scores.len() == h_kv && have <= n {
+                have
+            } else {
+                0
+            };
+            let fresh = buffer.score(
+                &self.scorer,
+                inputs,
+                &keys.clone().narrow(2, have, n - have),
+                &values.clone().narrow(2, have, n - have),
+            )?;
+            let rows = (0..h_kv)
+                .map(|h| {
+                    let mut row = if have > 0 {
+                        buffer.kept_scores[h].clone()
+                    } else {
+                        Vec::new()
+                    };
+                    row.extend_from_slice(&fresh.rows[h]);
+                    row
+                })
+                .collect();
+            HostScores {
+                rows,
+                protected: self.scorer.protected(inputs, n)?,
+            }
+        } else {
+            buffer.score(&self.scorer, inputs, keys, values)?
+        };
         let kept = top_k_per_head(&scores.rows, &scores.protected, target);
+        if self.scorer.scores_are_per_token() {
+            buffer.kept_scores = kept
+                .iter()
+                .zip(&scores.rows)
+                .map(|(idx, row)| idx.iter().map(|&i| row[i]).collect())
+                .collect();
+        }
         cache.keep(&kept)
     }
 
@@ -226,7 +269,16 @@ mod tests {
     /// Runs `steps` one-token decoding forwards on top of a 40-token prefill fixture and
     /// returns the cache length after each.
     fn lengths(press: &Decoding<Flex, impl Scorer<Flex>>, steps: usize) -> Vec<usize> {
-        let f = Fixture::new(2, 2, 40 + steps, 8);
+        run(press, &Fixture::new(2, 2, 40 + steps, 8), steps).0
+    }
+
+    /// [`lengths`] on fixture `f` (of at least `40 + steps` tokens), and the final kept
+    /// positions.
+    fn run(
+        press: &Decoding<Flex, impl Scorer<Flex>>,
+        f: &Fixture,
+        steps: usize,
+    ) -> (Vec<usize>, Vec<Vec<usize>>) {
         let mut cache = LayerCache::default();
         let k = |s: usize, len: usize| f.keys.clone().narrow(2, s, len);
         cache
@@ -249,7 +301,35 @@ mod tests {
                 .expect("compress");
             out.push(cache.len());
         }
-        out
+        (out, cache.positions().to_vec())
+    }
+
+    /// Knorm without the per-token promise: rescored in full at every compression.
+    struct FullKnorm;
+
+    impl Scorer<Flex> for FullKnorm {
+        fn score(
+            &self,
+            inputs: &LayerInputs<'_, Flex>,
+            keys: &Tensor<Flex, 4>,
+            values: &Tensor<Flex, 4>,
+        ) -> Result<Tensor<Flex, 3>> {
+            Knorm.score(inputs, keys, values)
+        }
+    }
+
+    #[test]
+    fn per_token_scores_are_reused_without_changing_the_selection() {
+        let mut cached = Decoding::with_target(Knorm, Target::Size(20));
+        cached.compression_interval = 5;
+        let mut full = Decoding::with_target(FullKnorm, Target::Size(20));
+        full.compression_interval = 5;
+        let f = Fixture::new(2, 2, 77, 8);
+        let (a, kept_a) = run(&cached, &f, 37);
+        let (b, kept_b) = run(&full, &f, 37);
+        assert_eq!(a, b);
+        assert_eq!(kept_a, kept_b);
+        assert!(a.iter().any(|&n| n == 20), "compressions happened: {a:?}");
     }
 
     #[test]

@@ -26,6 +26,10 @@ impl<B: Backend> Scorer<B> for Knorm {
             .neg()
             .reshape([b, h, n]))
     }
+
+    fn scores_are_per_token(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(all(test, feature = "flex"))]
