@@ -95,6 +95,37 @@ const fn param(name: &'static str, default: &'static str, doc: &'static str) -> 
     Param { name, default, doc }
 }
 
+// Parameters several presses share.
+const COMPRESSION_INTERVAL: Param = param(
+    "compression_interval",
+    "512",
+    "generated tokens between compressions",
+);
+const TARGET_SIZE: Param = param(
+    "target_size",
+    "2048",
+    "entries per layer kept by each compression",
+);
+const BUFFER_SIZE: Param = param(
+    "hidden_states_buffer_size",
+    "256",
+    "recent tokens whose queries the scorer sees",
+);
+const N_SINK: Param = param("n_sink", "4", "first tokens always kept");
+const SNAPKV_WINDOW: Param = param("window_size", "64", "observation window (always kept)");
+const SNAPKV_KERNEL: Param = param("kernel_size", "5", "width of the average pool (odd)");
+const N_FUTURE: Param = param(
+    "n_future_positions",
+    "512",
+    "future positions the RoPE rotation is averaged over",
+);
+const USE_VNORM: Param = param("use_vnorm", "true", "weight by the value norm");
+const ALPHA: Param = param(
+    "alpha_safeguard",
+    "0.2",
+    "share of its even budget every head keeps",
+);
+
 /// Every press this crate provides.
 pub const CATALOGUE: &[PressInfo] = &[
     PressInfo {
@@ -107,28 +138,21 @@ pub const CATALOGUE: &[PressInfo] = &[
         name: "snapkv",
         kind: Kind::Scorer,
         summary: "attention paid by the last window_size tokens, average-pooled; the window is kept",
-        params: &[
-            param("window_size", "64", "observation window (always kept)"),
-            param("kernel_size", "5", "width of the average pool (odd)"),
-        ],
+        params: &[SNAPKV_WINDOW, SNAPKV_KERNEL],
     },
     PressInfo {
         name: "expected_attention",
         kind: Kind::Scorer,
         summary: "attention expected from future queries modelled as a Gaussian, times the value norm",
         params: &[
-            param(
-                "n_future_positions",
-                "512",
-                "future positions the RoPE rotation is averaged over",
-            ),
-            param("n_sink", "4", "first tokens always kept"),
+            N_FUTURE,
+            N_SINK,
             param(
                 "use_covariance",
                 "true",
                 "include the query covariance term",
             ),
-            param("use_vnorm", "true", "weight by the value norm"),
+            USE_VNORM,
             param(
                 "epsilon",
                 "0.0",
@@ -146,13 +170,9 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "required",
                 "safetensors file with query_mean and query_cov",
             ),
-            param(
-                "n_future_positions",
-                "512",
-                "future positions the RoPE rotation is averaged over",
-            ),
-            param("n_sink", "4", "first tokens always kept"),
-            param("use_vnorm", "true", "weight by the value norm"),
+            N_FUTURE,
+            N_SINK,
+            USE_VNORM,
             param(
                 "epsilon",
                 "0.0",
@@ -164,7 +184,7 @@ pub const CATALOGUE: &[PressInfo] = &[
         name: "streaming_llm",
         kind: Kind::Scorer,
         summary: "keeps the first n_sink tokens and the most recent ones",
-        params: &[param("n_sink", "4", "first tokens always kept")],
+        params: &[N_SINK],
     },
     PressInfo {
         name: "tova",
@@ -195,7 +215,7 @@ pub const CATALOGUE: &[PressInfo] = &[
         kind: Kind::Scorer,
         summary: "keeps tokens whose channels vary most relative to the next partition's range",
         params: &[
-            param("n_sink", "4", "first tokens always kept"),
+            N_SINK,
             param("lag_size", "128", "partition length"),
             param(
                 "cross_scoring",
@@ -271,7 +291,7 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "512",
                 "future positions of the query anchor",
             ),
-            param("n_sink", "4", "first tokens always kept"),
+            N_SINK,
             param(
                 "epsilon",
                 "1e-6",
@@ -306,11 +326,7 @@ pub const CATALOGUE: &[PressInfo] = &[
         name: "adakv",
         kind: Kind::Wrapper,
         summary: "head-wise budgets: all heads of a layer compete for its budget (memory really freed)",
-        params: &[param(
-            "alpha_safeguard",
-            "0.2",
-            "share of its even budget every head keeps",
-        )],
+        params: &[ALPHA],
     },
     PressInfo {
         name: "critical_kv",
@@ -334,11 +350,7 @@ pub const CATALOGUE: &[PressInfo] = &[
         kind: Kind::Wrapper,
         summary: "adakv's head-wise budgets with critical_kv's two-stage selection in each head",
         params: &[
-            param(
-                "alpha_safeguard",
-                "0.2",
-                "share of its even budget every head keeps",
-            ),
+            ALPHA,
             param(
                 "epsilon",
                 "1e-4",
@@ -420,23 +432,7 @@ pub const CATALOGUE: &[PressInfo] = &[
         name: "decoding",
         kind: Kind::Wrapper,
         summary: "compresses while generating: every compression_interval steps, back to target_size",
-        params: &[
-            param(
-                "compression_interval",
-                "512",
-                "generated tokens between compressions",
-            ),
-            param(
-                "target_size",
-                "2048",
-                "entries per layer kept by each compression",
-            ),
-            param(
-                "hidden_states_buffer_size",
-                "256",
-                "recent tokens whose queries the scorer sees",
-            ),
-        ],
+        params: &[COMPRESSION_INTERVAL, TARGET_SIZE, BUFFER_SIZE],
     },
     PressInfo {
         name: "dms",
@@ -457,21 +453,9 @@ pub const CATALOGUE: &[PressInfo] = &[
         kind: Kind::Wrapper,
         summary: "decoding-time eviction that first merges evicted values into the next kept ones",
         params: &[
-            param(
-                "compression_interval",
-                "512",
-                "generated tokens between compressions",
-            ),
-            param(
-                "target_size",
-                "2048",
-                "entries per layer kept by each compression",
-            ),
-            param(
-                "hidden_states_buffer_size",
-                "256",
-                "recent tokens whose queries the scorer sees",
-            ),
+            COMPRESSION_INTERVAL,
+            TARGET_SIZE,
+            BUFFER_SIZE,
             param(
                 "merge_budget",
                 "32",
@@ -489,16 +473,8 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "--compression-ratio",
                 "fraction of the tokens seen that is removed",
             ),
-            param(
-                "compression_interval",
-                "512",
-                "generated tokens between compressions",
-            ),
-            param(
-                "hidden_states_buffer_size",
-                "256",
-                "recent tokens whose queries the scorer sees",
-            ),
+            COMPRESSION_INTERVAL,
+            BUFFER_SIZE,
         ],
     },
     PressInfo {
@@ -524,7 +500,7 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "false",
                 "one budget per layer instead of one for the model",
             ),
-            param("n_sink", "4", "first tokens always kept"),
+            N_SINK,
             param(
                 "kvzip_plus_normalization",
                 "false",
@@ -581,7 +557,7 @@ pub const CATALOGUE: &[PressInfo] = &[
                 "false",
                 "one budget per layer instead of one for the model",
             ),
-            param("n_sink", "4", "first tokens always kept"),
+            N_SINK,
             param(
                 "window_size",
                 "4096",
@@ -622,8 +598,8 @@ pub const CATALOGUE: &[PressInfo] = &[
         kind: Kind::Press,
         summary: "snapkv with layer budgets shrinking linearly with depth",
         params: &[
-            param("window_size", "64", "observation window (always kept)"),
-            param("kernel_size", "5", "width of the average pool (odd)"),
+            SNAPKV_WINDOW,
+            SNAPKV_KERNEL,
             param(
                 "beta",
                 "20",
