@@ -61,6 +61,18 @@ pub fn safeguarded(scores: &HostScores, n_kept: usize, alpha: f64) -> Vec<Vec<bo
     forced
 }
 
+/// AdaKV's selection: the forced entries ([`safeguarded`]) and each head's kept indices
+/// (ascending) out of the layer's `h_kv · n_kept` places.
+pub fn head_wise_selection(
+    scores: &HostScores,
+    n_kept: usize,
+    alpha: f64,
+) -> (Vec<Vec<bool>>, Vec<Vec<usize>>) {
+    let forced = safeguarded(scores, n_kept, alpha);
+    let kept = top_k_flattened(&scores.rows, &forced, scores.rows.len() * n_kept);
+    (forced, kept)
+}
+
 impl<B: Backend, S: Scorer<B>> Press<B> for AdaKv<S> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
         check_alpha(self.alpha_safeguard)?;
@@ -70,11 +82,11 @@ impl<B: Backend, S: Scorer<B>> Press<B> for AdaKv<S> {
         let Some((keys, values)) = cache.keys_values()? else {
             return Ok(());
         };
-        let [_, h_kv, n, _] = keys.dims();
+        let n = keys.dims()[2];
         let scores = host_scores(&self.scorer, inputs, keys, values)?;
         let n_kept = kept_count(n, self.compression_ratio);
-        let forced = safeguarded(&scores, n_kept, self.alpha_safeguard);
-        cache.keep(&top_k_flattened(&scores.rows, &forced, h_kv * n_kept))
+        let (_, kept) = head_wise_selection(&scores, n_kept, self.alpha_safeguard);
+        cache.keep(&kept)
     }
 }
 

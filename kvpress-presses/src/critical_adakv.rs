@@ -12,9 +12,9 @@
 use burn::tensor::backend::Backend;
 use kvpress_core::error::Result;
 use kvpress_core::press::{check_ratio, host_scores, kept_count};
-use kvpress_core::{LayerCache, LayerInputs, Press, Scorer, top_k_flattened};
+use kvpress_core::{LayerCache, LayerInputs, Press, Scorer};
 
-use crate::adakv::{check_alpha, safeguarded};
+use crate::adakv::{check_alpha, head_wise_selection};
 use crate::critical_kv::{
     check_first_stage_ratio, force_top, value_output_norms, weighted_selection,
 };
@@ -59,14 +59,11 @@ impl<B: Backend, S: Scorer<B>> Press<B> for CriticalAdaKv<S> {
         let Some((keys, values)) = cache.keys_values()? else {
             return Ok(());
         };
-        let [_, h_kv, n, _] = keys.dims();
+        let n = keys.dims()[2];
         let scores = host_scores(&self.scorer, inputs, keys, values)?;
         let n_kept = kept_count(n, self.compression_ratio);
-        let mut forced = safeguarded(&scores, n_kept, self.alpha_safeguard);
-        let budgets: Vec<usize> = top_k_flattened(&scores.rows, &forced, h_kv * n_kept)
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let (mut forced, adakv) = head_wise_selection(&scores, n_kept, self.alpha_safeguard);
+        let budgets: Vec<usize> = adakv.iter().map(Vec::len).collect();
         let norms = value_output_norms(values, inputs.weights.o_proj)?;
         let kept = scores
             .rows
