@@ -25,8 +25,10 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use kvpress_core::error::{CoreError, Result as CoreResult};
-use kvpress_core::press::{ContextModel, TimedPress};
-use kvpress_core::{KvCache, Press};
+use std::sync::Mutex;
+
+use kvpress_core::press::{ContextModel, LayerInputs, TimedPress};
+use kvpress_core::{KvCache, LayerCache, Press};
 
 use crate::ChatMessage;
 use crate::error::{ModelError, Result};
@@ -298,26 +300,134 @@ impl<'a, B: Backend> Pipeline<'a, B> {
     pub fn run(&self, request: &Request, press: Option<&dyn Press<B>>) -> Result<Output> {
         let prompt = self.prompt(request)?;
         one_question_for_decoding_presses(press, prompt.question_ids.len())?;
-        let n = prompt.context_ids.len();
-        let longest = prompt.question_ids.iter().map(Vec::len).max().unwrap_or(0);
-        let needed = n + longest + request.max_new_tokens;
-        let limit = self.model.config().max_position_embeddings;
-        if needed > limit {
-            return Err(ModelError::Input(format!(
-                "context ({n} tokens) + question ({longest}) + answer ({}) need {needed} positions, \
-                 the model has {limit}; shorten the context or set max_context_length",
-                request.max_new_tokens
-            )));
-        }
+        self.check_fits(&prompt, request.max_new_tokens)?;
         let start = Instant::now();
         let timed = press.map(TimedPress::new);
-        let mut cache = self.prefill_query_aware(
+        let cache = self.prefill_query_aware(
             &prompt.context_ids,
             timed.as_ref().map(|t| t as &dyn Press<B>),
             prompt.question_tokens,
         )?;
         let prefill_seconds = start.elapsed().as_secs_f64();
         let press_seconds = timed.as_ref().map_or(0.0, TimedPress::seconds);
+        self.answer_all(
+            &prompt,
+            cache,
+            request.max_new_tokens,
+            press,
+            prefill_seconds,
+            press_seconds,
+        )
+    }
+
+    /// [`Pipeline::run`] for several presses (none: no compression) from ONE prefill forward:
+    /// a layer's hidden states do not depend on what earlier layers' presses removed from the
+    /// cache, so each layer's full cache is copied to every press, which compresses its own copy
+    /// with the same inputs a solo run gives it; each press then answers from its own cache.
+    /// Outputs are in the order of `presses` and equal those of separate runs; each output's
+    /// `prefill_seconds` is the shared forward's time less the other presses' time.
+    ///
+    /// Peak memory holds the full cache plus every press's compressed copy.
+    pub fn run_shared(
+        &self,
+        request: &Request,
+        presses: &[Option<&dyn Press<B>>],
+    ) -> Result<Vec<Output>> {
+        let prompt = self.prompt(request)?;
+        for press in presses {
+            one_question_for_decoding_presses(*press, prompt.question_ids.len())?;
+        }
+        self.check_fits(&prompt, request.max_new_tokens)?;
+        let start = Instant::now();
+        let timed: Vec<Option<TimedPress<'_, B>>> =
+            presses.iter().map(|p| p.map(TimedPress::new)).collect();
+        let shared = SharedPrefill {
+            members: timed
+                .iter()
+                .map(|t| {
+                    if let Some(t) = t {
+                        t.reset();
+                    }
+                    (
+                        t.as_ref().map(|t| t as &dyn Press<B>),
+                        Mutex::new(self.model.new_cache()),
+                    )
+                })
+                .collect(),
+        };
+        let mut full = self.model.new_cache();
+        let positions: Vec<usize> = (0..prompt.context_ids.len()).collect();
+        self.model.forward(
+            &prompt.context_ids,
+            &positions,
+            &mut full,
+            &ForwardOptions {
+                press: Some(&shared),
+                question_tokens: prompt.question_tokens,
+            },
+        )?;
+        drop(full);
+        let mut caches = Vec::with_capacity(presses.len());
+        for (press, cache) in shared.members {
+            let mut cache = cache
+                .into_inner()
+                .map_err(|_| ModelError::Input("a press panicked during the prefill".into()))?;
+            if let Some(p) = press {
+                p.after_prefill(self, &prompt.context_ids, &mut cache)?;
+            }
+            caches.push(cache);
+        }
+        let shared_seconds = start.elapsed().as_secs_f64();
+        let press_seconds: Vec<f64> = timed
+            .iter()
+            .map(|t| t.as_ref().map_or(0.0, TimedPress::seconds))
+            .collect();
+        let all_presses: f64 = press_seconds.iter().sum();
+        presses
+            .iter()
+            .zip(caches)
+            .zip(press_seconds)
+            .map(|((press, cache), own)| {
+                let prefill_seconds = shared_seconds - (all_presses - own);
+                self.answer_all(
+                    &prompt,
+                    cache,
+                    request.max_new_tokens,
+                    *press,
+                    prefill_seconds,
+                    own,
+                )
+            })
+            .collect()
+    }
+
+    /// Refuses a prompt whose context, longest question and answer exceed the model's positions.
+    fn check_fits(&self, prompt: &Prompt, max_new_tokens: usize) -> Result<()> {
+        let n = prompt.context_ids.len();
+        let longest = prompt.question_ids.iter().map(Vec::len).max().unwrap_or(0);
+        let needed = n + longest + max_new_tokens;
+        let limit = self.model.config().max_position_embeddings;
+        if needed > limit {
+            return Err(ModelError::Input(format!(
+                "context ({n} tokens) + question ({longest}) + answer ({max_new_tokens}) need \
+                 {needed} positions, the model has {limit}; shorten the context or set \
+                 max_context_length"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Measures the prefilled `cache` and answers every question of `prompt` from it.
+    fn answer_all(
+        &self,
+        prompt: &Prompt,
+        mut cache: KvCache<B>,
+        max_new_tokens: usize,
+        press: Option<&dyn Press<B>>,
+        prefill_seconds: f64,
+        press_seconds: f64,
+    ) -> Result<Output> {
+        let n = prompt.context_ids.len();
         let tokens_per_head = cache.tokens_per_head();
         let cache_bytes = cache.bytes();
         let entries = cache.entries();
@@ -329,7 +439,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             (cache_bytes as f64 / entries as f64 * full_entries as f64).round() as usize
         };
         let start = Instant::now();
-        let answers = self.answer(&prompt, &mut cache, request.max_new_tokens, press)?;
+        let answers = self.answer(prompt, &mut cache, max_new_tokens, press)?;
         Ok(Output {
             answers,
             context_tokens: n,
@@ -344,6 +454,35 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             press_seconds,
             answer_seconds: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// The hook of [`Pipeline::run_shared`]: copies each layer's full cache to every member and
+/// lets the member's press (if any) compress its copy.
+struct SharedPrefill<'a, B: Backend> {
+    members: Vec<(Option<&'a dyn Press<B>>, Mutex<KvCache<B>>)>,
+}
+
+impl<B: Backend> Press<B> for SharedPrefill<'_, B> {
+    fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> CoreResult<()> {
+        for (press, member) in &self.members {
+            let mut copy = cache.clone();
+            if let Some(p) = press {
+                p.compress(inputs, &mut copy)?;
+            }
+            let mut member = member.lock().map_err(|_| CoreError::Invalid {
+                name: "shared prefill",
+                detail: "a press panicked during the prefill".into(),
+            })?;
+            let slot = member
+                .layer_mut(inputs.layer)
+                .ok_or_else(|| CoreError::Invalid {
+                    name: "shared prefill",
+                    detail: format!("the cache has no layer {}", inputs.layer),
+                })?;
+            *slot = copy;
+        }
+        Ok(())
     }
 }
 

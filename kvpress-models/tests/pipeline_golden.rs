@@ -109,3 +109,50 @@ fn empty_and_overlong_contexts_are_clear_errors() {
     let prompt = pipe.prompt(&request).expect("prompt");
     assert_eq!(prompt.context_ids.len(), 64);
 }
+
+/// One shared prefill serves several presses (none, a scorer, a head-wise press, KVzip's extra
+/// forwards, a decoding press) exactly as separate runs do: same answers, same kept entries per
+/// head, same bytes.
+#[test]
+fn shared_prefill_matches_separate_runs() {
+    let golden = common::golden("presses_r0.5.json");
+    let files = ModelFiles::open(&common::default_model_dir()).expect("open");
+    let model = files.load_model::<Flex>(&Default::default()).expect("load");
+    let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
+    let context: String = golden["context"]
+        .as_str()
+        .expect("context")
+        .split(' ')
+        .take(300)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let request = Request::new(context)
+        .question(golden["question"].as_str().expect("question"))
+        .max_new_tokens(12);
+    let expressions = [
+        "knorm",
+        "snapkv",
+        "adakv(expected_attention)",
+        "kvzip",
+        "decoding(knorm, compression_interval=4, target_size=64)",
+    ];
+    let built: Vec<_> = expressions
+        .iter()
+        .map(|e| kvpress_presses::registry::build::<Flex>(e, Some(0.5)).expect(e))
+        .collect();
+    let mut presses: Vec<Option<&dyn kvpress_core::Press<Flex>>> = vec![None];
+    presses.extend(built.iter().map(|p| Some(p.as_ref())));
+
+    let shared = pipe.run_shared(&request, &presses).expect("shared");
+    assert_eq!(shared.len(), presses.len());
+    for (press, out) in presses.iter().zip(&shared) {
+        let solo = pipe.run(&request, *press).expect("solo");
+        assert_eq!(out.answers, solo.answers);
+        assert_eq!(out.tokens_per_head, solo.tokens_per_head);
+        assert_eq!(out.cache_bytes, solo.cache_bytes);
+        assert_eq!(out.uncompressed_bytes, solo.uncompressed_bytes);
+    }
+    // the presses did compress, and differently
+    assert!(shared[1].cache_bytes < shared[0].cache_bytes);
+    assert_ne!(shared[1].tokens_per_head, shared[3].tokens_per_head);
+}
