@@ -181,7 +181,7 @@ fn build_press(args: &PressArgs) -> anyhow::Result<Option<Box<dyn Press<Backend>
 }
 
 /// A spinner on stderr while `what` runs.
-fn spinner(what: String) -> ProgressBar {
+pub(crate) fn spinner(what: String) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar.set_style(

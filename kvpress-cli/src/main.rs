@@ -2,6 +2,7 @@
 
 mod backend;
 mod commands;
+mod eval;
 mod input;
 mod model;
 
@@ -228,6 +229,124 @@ enum Command {
     },
     /// Fetch and convert the default model if needed, and print where it is.
     Fetch,
+    /// Evaluate presses on a long-context benchmark (kvpress's evaluate.py).
+    ///
+    /// RULER and needle-in-a-haystack are generated here (deterministic from --seed, lengths in
+    /// the model's own tokens); the other datasets are read from --data-file (kvpress's HF
+    /// parquet files, JSONL or CSV in its column layout). Rows are grouped by context so one
+    /// compression serves all its questions, and every --press × --compression-ratio of the
+    /// sweep shares each context's prefill. Results go to
+    /// <output-dir>/<dataset>__<data_dir>__<model>__<press>__<ratio>/ (predictions.csv,
+    /// metrics.json, config.yaml); finished runs are skipped, interrupted ones resume.
+    #[command(after_help = "Examples:\n  \
+        kvpress eval --dataset ruler --data-dir 2048 --task niah_single_1 --samples 20\n  \
+        kvpress eval --dataset ruler --data-dir 2048 --task niah_single_1 --samples 20 \\\n    \
+        --press knorm --press snapkv --compression-ratio 0.25 0.5 0.75\n  \
+        kvpress eval --dataset needle_in_haystack --max-context-length 2048 --needle-depth 0 50 100\n  \
+        kvpress eval --dataset longbench --data-file ~/data/LongBench --data-dir narrativeqa --press snapkv\n  \
+        kvpress plot --results results")]
+    Eval(EvalArgs),
+    /// Write an evaluation dataset (a generated RULER or needle set, or a filtered/subsampled
+    /// file) to parquet in kvpress's column layout, or to JSONL.
+    #[command(after_help = "Example:\n  \
+        kvpress dataset --dataset ruler --data-dir 4096 --task niah_single_1 --samples 50 --out ruler.parquet")]
+    Dataset {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The file to write (.parquet or .jsonl).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Plot score against compression ratio (one line per press) and the needle-in-a-haystack
+    /// depth × length heat map from `kvpress eval` results, as PNG and SVG.
+    Plot {
+        /// The --output-dir of `kvpress eval` (kvpress's results directories work too).
+        #[arg(long, value_name = "DIR", default_value = "results")]
+        results: PathBuf,
+        /// Where to write the figures (default: <results>/plots).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// The rows of an evaluation: a dataset read from files, or generated here.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// ruler, needle_in_haystack, longbench, longbench-e, longbench-v2, infinitebench, loogle,
+    /// zero_scrolls, aime25 or math500.
+    #[arg(long)]
+    dataset: String,
+    /// The dataset's sub-directory/split (kvpress's data_dir); for a generated RULER, the
+    /// context length in tokens (default 4096).
+    #[arg(long, value_name = "X")]
+    data_dir: Option<String>,
+    /// A dataset file or directory (parquet, JSONL, JSON or CSV with kvpress's columns).
+    #[arg(long, value_name = "PATH")]
+    data_file: Option<PathBuf>,
+    /// Evaluate a seeded random fraction of the rows.
+    #[arg(long, default_value_t = 1.0)]
+    fraction: f64,
+    /// Keep only the first N context tokens (needle_in_haystack: the context length).
+    #[arg(long, value_name = "N")]
+    max_context_length: Option<usize>,
+    /// Needle depths in percent (needle_in_haystack), e.g. 0 25 50 75 100.
+    #[arg(long = "needle-depth", num_args = 1.., value_name = "PCT")]
+    needle_depths: Vec<u32>,
+    /// Only these tasks (repeatable; RULER: the tasks generated, default all but qa_1/qa_2
+    /// unless --qa-file is given).
+    #[arg(long = "task", value_name = "TASK")]
+    tasks: Vec<String>,
+    /// Rows generated per RULER task (kvpress's dataset has 500).
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    samples: usize,
+    /// SQuAD (qa_1) or HotpotQA (qa_2) JSON file for RULER's QA tasks.
+    #[arg(long, value_name = "FILE")]
+    qa_file: Option<PathBuf>,
+    /// Seed of dataset generation and of --fraction.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+impl DataArgs {
+    fn options(self) -> eval::DataOptions {
+        eval::DataOptions {
+            dataset: self.dataset,
+            data_dir: self.data_dir,
+            data_file: self.data_file,
+            fraction: self.fraction,
+            max_context_length: self.max_context_length,
+            needle_depths: self.needle_depths,
+            tasks: self.tasks,
+            samples: self.samples,
+            qa_file: self.qa_file,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Options of `kvpress eval` (kvpress's evaluate.py keys).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// A press expression (repeat for a sweep; `no_press` or none: no compression).
+    #[arg(long = "press", value_name = "EXPR")]
+    presses: Vec<String>,
+    /// Compression ratios in [0, 1), each applied to every press (default 0.5).
+    #[arg(long, num_args = 1.., value_name = "R", allow_negative_numbers = true)]
+    compression_ratio: Vec<f64>,
+    /// Tokens generated per answer (default: each row's max_new_tokens).
+    #[arg(long, value_name = "N")]
+    max_new_tokens: Option<usize>,
+    /// Compress the question together with the context.
+    #[arg(long)]
+    query_aware: bool,
+    /// Where the results directories go.
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    output_dir: PathBuf,
+    /// Recompute runs that are already finished (and drop partial ones).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn main() {
@@ -331,5 +450,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Calibrate(args) => commands::calibrate(cli.model.as_deref(), &args, json),
         Command::Convert { gguf, out_dir } => commands::convert(&gguf, &out_dir, json),
         Command::Fetch => commands::fetch(json),
+        Command::Eval(args) => {
+            let opts = eval::EvalOptions {
+                data: args.data.options(),
+                presses: args.presses,
+                ratios: args.compression_ratio,
+                max_new_tokens: args.max_new_tokens,
+                query_aware: args.query_aware,
+                output_dir: args.output_dir,
+                overwrite: args.overwrite,
+            };
+            eval::run(cli.model.as_deref(), &opts, json)
+        }
+        Command::Dataset { data, out } => {
+            let rows = eval::export(cli.model.as_deref(), &data.options(), &out)?;
+            if json {
+                println!("{}", serde_json::json!({ "rows": rows, "file": out }));
+            } else {
+                eprintln!("{rows} rows written to {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Plot { results, out_dir } => {
+            let files = eval::plot::plot(&results, out_dir.as_deref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?
+                );
+            } else {
+                for f in files {
+                    println!("{}", f.display());
+                }
+            }
+            Ok(())
+        }
     }
 }

@@ -460,8 +460,11 @@ impl<'a, B: Backend> Pipeline<'a, B> {
 /// The hook of [`Pipeline::run_shared`]: copies each layer's full cache to every member and
 /// lets the member's press (if any) compress its copy.
 struct SharedPrefill<'a, B: Backend> {
-    members: Vec<(Option<&'a dyn Press<B>>, Mutex<KvCache<B>>)>,
+    members: Vec<Member<'a, B>>,
 }
+
+/// A press of [`SharedPrefill`] (none: the full cache) and the cache it fills.
+type Member<'a, B> = (Option<&'a dyn Press<B>>, Mutex<KvCache<B>>);
 
 impl<B: Backend> Press<B> for SharedPrefill<'_, B> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> CoreResult<()> {
