@@ -1,24 +1,12 @@
 //! The `kvpress` binary end to end: JSON outputs against the reference on the default model,
 //! and clear errors with a non-zero exit status.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn kvpress(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvpress"))
-        .args(args)
-        .output()
-        .expect("run kvpress")
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "kvpress failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
-}
+use common::{json_of, kvpress};
 
 fn golden(file: &str) -> serde_json::Value {
     let dir = std::env::var_os("KVPRESS_GOLDEN")

@@ -50,14 +50,8 @@ fn several_questions_reuse_one_context_and_match_separate_runs() {
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");
     let model = files.load_model::<Flex>(&Default::default()).expect("load");
     let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
-    // A shorter context keeps the test quick: the first 400 words.
-    let context: String = golden["context"]
-        .as_str()
-        .expect("context")
-        .split(' ')
-        .take(400)
-        .collect::<Vec<_>>()
-        .join(" ");
+    // A shorter context keeps the test quick.
+    let context = first_words(&golden, 400);
     let q1 = "Who remembered the long road to the harbour?";
     let q2 = "What did the ferryman paint?";
     let both = pipe
@@ -119,13 +113,7 @@ fn shared_prefill_matches_separate_runs() {
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");
     let model = files.load_model::<Flex>(&Default::default()).expect("load");
     let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
-    let context: String = golden["context"]
-        .as_str()
-        .expect("context")
-        .split(' ')
-        .take(300)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let context = first_words(&golden, 300);
     let request = Request::new(context)
         .question(golden["question"].as_str().expect("question"))
         .max_new_tokens(12);
@@ -155,4 +143,15 @@ fn shared_prefill_matches_separate_runs() {
     // the presses did compress, and differently
     assert!(shared[1].cache_bytes < shared[0].cache_bytes);
     assert_ne!(shared[1].tokens_per_head, shared[3].tokens_per_head);
+}
+
+/// The first `n` words of the golden press context (a shorter context keeps tests quick).
+fn first_words(golden: &serde_json::Value, n: usize) -> String {
+    golden["context"]
+        .as_str()
+        .expect("context")
+        .split(' ')
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -253,6 +253,10 @@ fn validate(opts: &DataOptions) -> anyhow::Result<()> {
             opts.dataset
         );
     }
+    if opts.dataset == "ruler" && opts.data_file.is_none() {
+        ruler_length(opts)?;
+        ruler_tasks(opts)?;
+    }
     if opts.dataset == "needle_in_haystack" {
         if opts.max_context_length.is_none() {
             anyhow::bail!("needle_in_haystack needs --max-context-length (as kvpress)");
@@ -344,26 +348,37 @@ pub fn load_samples(opts: &DataOptions, tokenizer: &TextTokenizer) -> anyhow::Re
     Ok(samples)
 }
 
+/// The context length of a generated RULER (its `--data-dir`).
+fn ruler_length(opts: &DataOptions) -> anyhow::Result<usize> {
+    let dir = data_dir(opts).unwrap_or_default();
+    dir.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--data-dir of a generated RULER is its context length in tokens (e.g. 4096), got {dir:?}"
+        )
+    })
+}
+
+/// The RULER tasks generated: `--task`s, or every task (the QA ones only with `--qa-file`).
+fn ruler_tasks(opts: &DataOptions) -> anyhow::Result<Vec<ruler::RulerTask>> {
+    if opts.tasks.is_empty() {
+        return Ok(ruler::RulerTask::ALL
+            .iter()
+            .copied()
+            .filter(|t| opts.qa_file.is_some() || !t.needs_qa_file())
+            .collect());
+    }
+    opts.tasks
+        .iter()
+        .map(|t| t.parse().map_err(|e| anyhow::anyhow!("{e}")))
+        .collect()
+}
+
 fn generate_ruler(
     opts: &DataOptions,
     count: &dyn Fn(&str) -> Result<usize, String>,
 ) -> anyhow::Result<Vec<Sample>> {
-    let length: usize = data_dir(opts)
-        .unwrap_or_default()
-        .parse()
-        .context("--data-dir of a generated RULER is its context length in tokens, e.g. 4096")?;
-    let tasks: Vec<ruler::RulerTask> = if opts.tasks.is_empty() {
-        ruler::RulerTask::ALL
-            .iter()
-            .copied()
-            .filter(|t| opts.qa_file.is_some() || !t.needs_qa_file())
-            .collect()
-    } else {
-        opts.tasks
-            .iter()
-            .map(|t| t.parse().map_err(|e| anyhow::anyhow!("{e}")))
-            .collect::<anyhow::Result<_>>()?
-    };
+    let length = ruler_length(opts)?;
+    let tasks = ruler_tasks(opts)?;
     let config = ruler::RulerConfig {
         context_length: length,
         samples: opts.samples,

@@ -106,15 +106,15 @@ pub struct NeedleText {
 
 impl Default for NeedleText {
     /// Our stand-in for the dataset's columns: Greg Kamradt's classic needle (with its
-    /// surrounding newlines) and question, answer prefix `"Answer:"`, 128 new tokens, the
-    /// bundled essays.
+    /// surrounding newlines) and question, no answer prefix (with `"Answer:"` the default
+    /// model ends its answer at once), 128 new tokens, the bundled essays.
     fn default() -> Self {
         NeedleText {
             needle: "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores \
                      Park on a sunny day.\n"
                 .to_string(),
-            question: "\nWhat is the best thing to do in San Francisco?\n".to_string(),
-            answer_prefix: "Answer:".to_string(),
+            question: "What is the best thing to do in San Francisco?".to_string(),
+            answer_prefix: String::new(),
             max_new_tokens: 128,
             haystack: None,
         }

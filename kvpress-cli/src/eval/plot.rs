@@ -28,6 +28,20 @@ fn register_font() {
     });
 }
 
+/// Line colours (matplotlib's "tab10", as kvpress's figures).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
 /// One finished results directory.
 #[derive(Debug, Clone)]
 struct Finished {
@@ -56,11 +70,16 @@ pub fn plot(results_dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<Vec<Pa
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut written = Vec::new();
 
-    // score vs ratio: one figure per (dataset, data_dir, model)
+    // score vs ratio: one figure per (dataset, data_dir, context limit, model)
     let mut figures: BTreeMap<(String, String, String), Vec<&Finished>> = BTreeMap::new();
     for r in found.iter().filter(|r| r.score.is_some()) {
+        let data_dir = match r.max_context_length {
+            Some(m) if r.data_dir.is_empty() => format!("max_context{m}"),
+            Some(m) => format!("{} max_context{m}", r.data_dir),
+            None => r.data_dir.clone(),
+        };
         figures
-            .entry((r.dataset.clone(), r.data_dir.clone(), r.model.clone()))
+            .entry((r.dataset.clone(), data_dir, r.model.clone()))
             .or_default()
             .push(r);
     }
@@ -86,7 +105,7 @@ pub fn plot(results_dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<Vec<Pa
         let stem = [dataset.as_str(), data_dir, model]
             .iter()
             .filter(|s| !s.is_empty())
-            .map(|s| s.replace('/', "--"))
+            .map(|s| s.replace('/', "--").replace(' ', "__"))
             .collect::<Vec<_>>()
             .join("__");
         let series: Vec<(String, Vec<(f64, f64)>)> =
@@ -249,7 +268,8 @@ fn draw_scores<DB: DrawingBackend>(
         .x_desc("compression ratio")
         .y_desc("score")
         .label_style((FONT, 15))
-        .light_line_style(RGBColor(235, 235, 235))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
         .draw()
         .map_err(drawing)?;
     if let Some(b) = baseline {
@@ -265,7 +285,7 @@ fn draw_scores<DB: DrawingBackend>(
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
     }
     for (i, (name, points)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = PALETTE[i % PALETTE.len()];
         let mut points = points.clone();
         if let Some(b) = baseline {
             points.insert(0, (0.0, b));

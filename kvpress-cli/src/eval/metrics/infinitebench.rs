@@ -104,6 +104,17 @@ pub fn code_run(pred: &str, label: &str) -> bool {
     }
 }
 
+/// The official scorers' answer search: finds the first of `prefixes` that occurs in
+/// `cleaned`; `None` when none does, `Some(None)` when nothing follows it, else `Some(Some(t))`
+/// with `t` the text after it, its first character (a space) skipped.
+fn after_first_prefix<'a>(cleaned: &'a str, prefixes: &[&str]) -> Option<Option<&'a str>> {
+    let (idx, prefix) = prefixes
+        .iter()
+        .find_map(|p| cleaned.find(p).map(|i| (i, *p)))?;
+    let mut chars = cleaned[idx + prefix.len()..].chars();
+    Some(chars.next().map(|_| chars.as_str()))
+}
+
 /// `get_score_one_code_debug` with `label_c` the option letter and `fn_name` the function name
 /// when known.
 pub fn code_debug(pred: &str, label_c: &str, fn_name: Option<&str>) -> bool {
@@ -120,19 +131,12 @@ pub fn code_debug(pred: &str, label_c: &str, fn_name: Option<&str>) -> bool {
     if candidates.iter().any(|s| cleaned.starts_with(s)) {
         return true;
     }
-    for prefix in ["answer is:", "is:", "answer:", "correct option is:"] {
-        let Some(idx) = cleaned.find(prefix) else {
-            continue;
-        };
-        let rest = &cleaned[idx + prefix.len()..];
-        let mut chars = rest.chars();
-        if chars.next().is_none() {
-            return false;
-        }
-        let after = chars.as_str();
-        return candidates.iter().any(|s| after.starts_with(s));
-    }
-    false
+    after_first_prefix(
+        &cleaned,
+        &["answer is:", "is:", "answer:", "correct option is:"],
+    )
+    .flatten()
+    .is_some_and(|after| candidates.iter().any(|s| after.starts_with(s)))
 }
 
 /// `get_score_one_math_find`: the first number of the prediction equals the label (as an int
@@ -182,17 +186,11 @@ pub fn longbook_choice_eng(pred: &str, labels: &[String]) -> bool {
         pred,
         &['\n', '"', '\'', '.', ',', '?', '!', '{', '}'],
     ));
-    for prefix in ["answer is:", "answer:", "answer is", "option is"] {
-        let Some(idx) = cleaned.find(prefix) else {
-            continue;
-        };
-        let rest = &cleaned[idx + prefix.len()..];
-        let mut chars = rest.chars();
-        if chars.next().is_none() {
-            return false;
-        }
-        let after = chars.as_str();
-        return labels.iter().any(|l| after.starts_with(l.as_str()));
+    if let Some(after) = after_first_prefix(
+        &cleaned,
+        &["answer is:", "answer:", "answer is", "option is"],
+    ) {
+        return after.is_some_and(|after| labels.iter().any(|l| after.starts_with(l.as_str())));
     }
     for word in py_split(&cleaned) {
         if "ABCD".contains(word) {
