@@ -843,7 +843,17 @@ impl Sizer<'_> {
                 let prompt = builder.build(Some(index), n)?;
                 let len = self.measure(&prompt.full())?;
                 if len <= budget {
-                    out.push(prompt);
+                    // a sample whose text is denser than the probe's would end short: size it
+                    // on its own
+                    if (len + max_new) * 100 < self.context_length * 98 {
+                        let measure = |units: usize| -> Result<usize, RulerError> {
+                            self.measure(&builder.build(Some(index), units)?.full())
+                        };
+                        let (fit, _) = self.search(min, n, budget, &measure)?;
+                        out.push(builder.build(Some(index), fit)?);
+                    } else {
+                        out.push(prompt);
+                    }
                     break;
                 }
                 if n <= min {
