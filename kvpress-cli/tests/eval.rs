@@ -53,7 +53,9 @@ fn generated_ruler_is_deterministic_and_sized_in_model_tokens() {
     assert_ne!(a, fs::read(file("c.jsonl")).expect("c"));
 
     // RULER's length rule in the model's own tokens: context + question + answer prefix +
-    // max_new_tokens within 2% below the requested 2048, for every synthetic task
+    // max_new_tokens within 2% below the requested 2048, for every synthetic task but
+    // niah_multikey_2/3, whose haystack is whole needle-shaped lines (~55 tokens for uuids):
+    // those are within one line (2% from 4096 tokens on)
     for line in String::from_utf8(a).expect("utf-8").lines() {
         let row: serde_json::Value = serde_json::from_str(line).expect("row");
         let text = format!(
@@ -65,8 +67,14 @@ fn generated_ruler_is_deterministic_and_sized_in_model_tokens() {
         let ids = json_of(&kvpress(&["tokenize", "--text", &text, "--json"]));
         let tokens = ids["ids"].as_array().expect("ids").len()
             + row["max_new_tokens"].as_u64().expect("n") as usize;
+        let task = row["task"].as_str().expect("task");
+        let lowest = if task.starts_with("niah_multikey_2") || task.starts_with("niah_multikey_3") {
+            2048 - 60
+        } else {
+            2008
+        };
         assert!(
-            (2008..=2048).contains(&tokens),
+            (lowest..=2048).contains(&tokens),
             "{} row has {tokens} tokens",
             row["task"]
         );
