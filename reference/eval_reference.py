@@ -6,8 +6,11 @@ kvpress's evaluate.py does, and prints {"<press>@<ratio>": [answers...]} as JSON
 
 Usage (from the reference folder, with its virtualenv):
   KVREF_MODEL_ROOT=model python /path/to/eval_reference.py rows.jsonl N snapkv:0.25 knorm:0.5 ...
+KVREF_QUERY_AWARE=1 evaluates as kvpress's `query_aware` (context + question compressed, empty
+question).
 """
 import json
+import os
 import sys
 
 import make_golden as M
@@ -37,8 +40,11 @@ def main():
         answers = []
         for row in rows:
             press = PRESSES[name](float(ratio))
+            context, question = row["context"], row["question"]
+            if os.environ.get("KVREF_QUERY_AWARE") == "1":
+                context, question = context + question, ""
             with torch.inference_mode():
-                res = pipe(row["context"], question=row["question"], answer_prefix=row["answer_prefix"],
+                res = pipe(context, question=question, answer_prefix=row["answer_prefix"],
                            press=press, max_new_tokens=row["max_new_tokens"])
             answers.append(res["answer"])
         out[f"{name}@{ratio}"] = answers

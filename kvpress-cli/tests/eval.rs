@@ -398,3 +398,67 @@ fn ruler_sweep_answers_equal_kvpress() {
         );
     }
 }
+
+/// Query-aware evaluation (the question compressed with its context) gives kvpress's answers.
+#[test]
+fn query_aware_answers_equal_kvpress() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden/ruler_niah_single_1_2048.json"),
+        )
+        .expect("golden"),
+    )
+    .expect("json");
+    let golden = &golden["query_aware_1024"];
+    let dir = tempfile::tempdir().expect("tmp");
+    let results = dir.path().join("results");
+    let out = json_of(&kvpress(&[
+        "eval",
+        "--dataset",
+        "ruler",
+        "--data-dir",
+        "1024",
+        "--task",
+        "niah_single_1",
+        "--samples",
+        "3",
+        "--press",
+        "snapkv",
+        "--compression-ratio",
+        "0.5",
+        "--query-aware",
+        "--output-dir",
+        path(&results),
+        "--json",
+    ]));
+    let dir = Path::new(out["runs"][0]["results"].as_str().expect("dir"));
+    assert!(dir.ends_with("ruler__1024__SmolLM2-135M-Instruct__snapkv__0.50__query_aware"));
+    let predictions = fs::read_to_string(dir.join("predictions.csv")).expect("csv");
+    let mut reader = csv::Reader::from_reader(predictions.as_bytes());
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        reader.deserialize().map(|r| r.expect("row")).collect();
+    let questions: Vec<&str> = rows.iter().map(|r| r["question"].as_str()).collect();
+    let answers: Vec<&str> = rows
+        .iter()
+        .map(|r| r["predicted_answer"].as_str())
+        .collect();
+    let want = |k: &str| -> Vec<&str> {
+        golden[k]
+            .as_array()
+            .expect(k)
+            .iter()
+            .map(|v| v.as_str().expect("text"))
+            .collect()
+    };
+    assert_eq!(questions, want("questions"));
+    assert_eq!(
+        answers,
+        golden["answers"]["snapkv@0.5"]
+            .as_array()
+            .expect("answers")
+            .iter()
+            .map(|v| v.as_str().expect("text"))
+            .collect::<Vec<_>>()
+    );
+}

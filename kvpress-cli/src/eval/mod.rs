@@ -120,14 +120,8 @@ pub fn run(model_path: Option<&Path>, opts: &EvalOptions, json_out: bool) -> any
     let llama = model::load(&files)?;
     let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone());
 
-    let mut samples = load_samples(data, &files.tokenizer)?;
-    if opts.query_aware {
-        for s in &mut samples {
-            s.context = format!("{}{}", s.context, s.question);
-            s.question.clear();
-        }
-    }
-    let groups = group_by_context(&samples)?;
+    let samples = load_samples(data, &files.tokenizer)?;
+    let groups = group_by_context(&samples, opts.query_aware)?;
 
     let data_dir = data_dir(data);
     let mut runs = Vec::new();
@@ -430,13 +424,22 @@ fn subsample(samples: Vec<Sample>, fraction: f64, seed: u64) -> Vec<Sample> {
     chosen.iter().filter_map(|&i| samples[i].take()).collect()
 }
 
-/// Row indices grouped by identical context, in order of first appearance; the rows of a
-/// group must share their answer prefix (kvpress asserts the same).
-fn group_by_context(samples: &[Sample]) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
-    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+/// Row indices grouped by identical context (query-aware: by context and question, which are
+/// compressed together as kvpress's `context + question`), in order of first appearance; the
+/// rows of a group must share their answer prefix (kvpress asserts the same).
+fn group_by_context(
+    samples: &[Sample],
+    query_aware: bool,
+) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, s) in samples.iter().enumerate() {
-        match index.get(s.context.as_str()) {
+        let key = if query_aware {
+            format!("{}\u{0}{}", s.context, s.question)
+        } else {
+            s.context.clone()
+        };
+        match index.get(&key) {
             Some(&g) => {
                 let first = &samples[groups[g].1[0]];
                 if first.answer_prefix != s.answer_prefix {
@@ -451,8 +454,8 @@ fn group_by_context(samples: &[Sample]) -> anyhow::Result<Vec<(String, Vec<usize
                 groups[g].1.push(i);
             }
             None => {
-                index.insert(&s.context, groups.len());
-                groups.push((s.context.clone(), vec![i]));
+                index.insert(key.clone(), groups.len());
+                groups.push((key, vec![i]));
             }
         }
     }
@@ -482,7 +485,7 @@ fn answer_group(
         answer_prefix: first.answer_prefix.clone(),
         max_new_tokens,
         max_context_length: opts.data.max_context_length,
-        query_aware: false,
+        query_aware: opts.query_aware,
     };
     let press = |i: usize| runs[i].press.as_deref();
     let decoding = |i: &usize| press(*i).is_some_and(|p| p.compresses_during_decoding());
@@ -494,14 +497,25 @@ fn answer_group(
             answers
                 .entry(run)
                 .or_default()
-                .extend(rows.iter().zip(&out.answers).map(|(&row, a)| Answered {
-                    row,
-                    predicted_answer: a.clone(),
-                    compression_ratio: ratio,
+                .extend(rows.iter().enumerate().map(|(i, &row)| {
+                    Answered {
+                        row,
+                        // a query-aware group asks its one question once for all its rows
+                        predicted_answer: out
+                            .answers
+                            .get(i.min(out.answers.len().saturating_sub(1)))
+                            .cloned()
+                            .unwrap_or_default(),
+                        compression_ratio: ratio,
+                    }
                 }));
         };
     if !together.is_empty() {
-        let questions = rows.iter().map(|&r| samples[r].question.clone()).collect();
+        let questions = if opts.query_aware {
+            vec![first.question.clone()]
+        } else {
+            rows.iter().map(|&r| samples[r].question.clone()).collect()
+        };
         let presses: Vec<_> = together.iter().map(|&i| press(i)).collect();
         let outs = pipe.run_shared(&request(questions), &presses)?;
         for (&i, out) in together.iter().zip(&outs) {
@@ -644,13 +658,23 @@ mod tests {
     #[test]
     fn groups_share_contexts_in_first_seen_order() {
         let rows = [sample("b", "x"), sample("a", "x"), sample("b", "x")];
-        let groups = group_by_context(&rows).expect("groups");
+        let groups = group_by_context(&rows, false).expect("groups");
         assert_eq!(
             groups,
             vec![("b".into(), vec![0, 2]), ("a".into(), vec![1])]
         );
+        let mut asked = [sample("b", "x"), sample("b", "x"), sample("b", "x")];
+        asked[0].question = "q1".into();
+        asked[1].question = "q2".into();
+        asked[2].question = "q1".into();
+        let groups = group_by_context(&asked, true).expect("query-aware groups");
+        assert_eq!(
+            groups.iter().map(|g| g.1.clone()).collect::<Vec<_>>(),
+            vec![vec![0, 2], vec![1]],
+            "query-aware: one compression per (context, question)"
+        );
         let bad = [sample("b", "x"), sample("b", "y")];
-        let e = group_by_context(&bad)
+        let e = group_by_context(&bad, false)
             .expect_err("prefixes differ")
             .to_string();
         assert!(e.contains("answer_prefix"), "{e}");
