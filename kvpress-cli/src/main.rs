@@ -261,8 +261,17 @@ enum Command {
     /// depth × length heat map from `kvpress eval` results, as PNG and SVG.
     Plot {
         /// The --output-dir of `kvpress eval` (kvpress's results directories work too).
-        #[arg(long, value_name = "DIR", default_value = "results")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "results",
+            conflicts_with = "bench"
+        )]
         results: PathBuf,
+        /// Plot a `cargo xtask bench` run instead (its bench.json): peak memory against
+        /// context length, decode tokens/s and cache size against compression ratio.
+        #[arg(long, value_name = "FILE")]
+        bench: Option<PathBuf>,
         /// Where to write the figures (default: <results>/plots).
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
@@ -471,8 +480,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plot { results, out_dir } => {
-            let files = eval::plot::plot(&results, out_dir.as_deref())?;
+        Command::Plot {
+            results,
+            bench,
+            out_dir,
+        } => {
+            let files = match bench {
+                Some(bench) => {
+                    let dir = out_dir.unwrap_or_else(|| {
+                        bench
+                            .parent()
+                            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+                    });
+                    eval::plot::plot_bench(&bench, &dir)?
+                }
+                None => eval::plot::plot(&results, out_dir.as_deref())?,
+            };
             if json {
                 println!(
                     "{}",

@@ -38,7 +38,8 @@ pub struct BenchArgs {
     /// Greedy decode steps after the prefill.
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
-    /// A one-minute smoke run: 512 and 1024 tokens, one repetition, 16 decode steps.
+    /// A one-minute smoke run: 512 and 1024 tokens, one repetition, 16 decode steps, no press
+    /// and knorm at 0.5.
     #[arg(long)]
     quick: bool,
     /// Output directory.
@@ -49,13 +50,29 @@ pub struct BenchArgs {
     reference: Option<PathBuf>,
     /// Presses to measure besides no press (repeat the flag), e.g. `--press knorm --press
     /// 'adakv(expected_attention)'`; their overhead is the time inside the press over the
-    /// prefill time.
+    /// prefill time. Default: knorm, expected_attention, snapkv, adakv(expected_attention);
+    /// `--press none` measures no press only.
     #[arg(long = "press", value_name = "EXPR")]
     presses: Vec<String>,
-    /// Compression ratio of the presses.
-    #[arg(long, default_value_t = 0.5)]
-    compression_ratio: f64,
+    /// Compression ratios of the presses.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
+    compression_ratio: Vec<f64>,
+    /// Let contexts run past the model's max_position_embeddings (memory tests beyond the
+    /// training window).
+    #[arg(long)]
+    ignore_max_position: bool,
+    /// Skip the plots (drawn by `kvpress plot --bench`).
+    #[arg(long)]
+    no_plots: bool,
 }
+
+/// The presses `cargo xtask bench` measures by default (the list).
+const DEFAULT_PRESSES: [&str; 4] = [
+    "knorm",
+    "expected_attention",
+    "snapkv",
+    "adakv(expected_attention)",
+];
 
 /// Options of one worker measurement.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,6 +89,8 @@ pub struct WorkerArgs {
     press: Option<String>,
     #[arg(long, default_value_t = 0.5)]
     compression_ratio: f64,
+    #[arg(long)]
+    ignore_max_position: bool,
 }
 
 /// What one worker measured.
@@ -174,7 +193,8 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     model.set_attention_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Decoding after a context that fills the training window runs past it; allowed for timing.
     model.set_ignore_max_position(
-        args.length + args.decode_tokens > model.config().max_position_embeddings,
+        args.ignore_max_position
+            || args.length + args.decode_tokens > model.config().max_position_embeddings,
     );
     let ids = context_ids(&files, args.length)?;
     let press = args
@@ -261,18 +281,38 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         (args.lengths.clone(), args.reps, args.decode_tokens)
     };
+    for r in &args.compression_ratio {
+        if !(0.0..1.0).contains(r) {
+            bail!("--compression-ratio must be in [0, 1), got {r}");
+        }
+    }
+    let presses: Vec<String> = match (args.quick, args.presses.as_slice()) {
+        (true, []) => vec!["knorm".into()],
+        (false, []) => DEFAULT_PRESSES.iter().map(|p| p.to_string()).collect(),
+        (_, given) => given.iter().filter(|p| *p != "none").cloned().collect(),
+    };
+    let ratios = if args.quick {
+        vec![0.5]
+    } else {
+        args.compression_ratio.clone()
+    };
+    for p in &presses {
+        build::<B>(p, Some(ratios[0])).map_err(|e| anyhow::anyhow!("bad --press: {e}"))?;
+    }
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let mut results = Vec::new();
-    let configs: Vec<Option<&String>> = std::iter::once(None)
-        .chain(args.presses.iter().map(Some))
+    let configs: Vec<Option<(&String, f64)>> = std::iter::once(None)
+        .chain(
+            presses
+                .iter()
+                .flat_map(|p| ratios.iter().map(move |&r| Some((p, r)))),
+        )
         .collect();
-    for (&length, press) in lengths
+    for (&length, config) in lengths
         .iter()
-        .flat_map(|l| configs.iter().map(move |p| (l, p)))
+        .flat_map(|l| configs.iter().map(move |c| (l, c)))
     {
-        let label = press.map_or("no press".to_string(), |p| {
-            format!("{p} @ {}", args.compression_ratio)
-        });
+        let label = config.map_or("no press".to_string(), |(p, r)| format!("{p} @ {r}"));
         eprintln!(
             "bench: {length} tokens, {label} ({reps} prefill reps, {decode} decode steps)..."
         );
@@ -283,10 +323,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .arg(&model)
             .args(["--length", &length.to_string()])
             .args(["--reps", &reps.to_string()])
-            .args(["--decode-tokens", &decode.to_string()])
-            .args(["--compression-ratio", &args.compression_ratio.to_string()]);
-        if let Some(p) = press {
-            command.args(["--press", p]);
+            .args(["--decode-tokens", &decode.to_string()]);
+        if let Some((p, r)) = config {
+            command.args(["--press", p, "--compression-ratio", &r.to_string()]);
+        }
+        if args.ignore_max_position {
+            command.arg("--ignore-max-position");
         }
         let output = command.output().context("starting a bench worker")?;
         if !output.status.success() {
@@ -312,7 +354,36 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let reference: Option<Value> = std::fs::read_to_string(&ref_path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
-    report(&args.out, &model, &results, reference.as_ref())
+    report(&args.out, &model, &results, reference.as_ref())?;
+    if !args.no_plots {
+        plot(&args.out)?;
+    }
+    Ok(())
+}
+
+/// Draws the figures of `<out>/bench.json` with `kvpress plot --bench` (the one plotting
+/// implementation, in kvpress-cli).
+fn plot(out: &Path) -> anyhow::Result<()> {
+    let bench = std::path::absolute(out.join("bench.json")).context("locating bench.json")?;
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "kvpress-cli",
+            "--",
+            "plot",
+            "--bench",
+        ])
+        .arg(bench)
+        .status()
+        .context("running kvpress plot --bench")?;
+    if !status.success() {
+        bail!("kvpress plot --bench failed");
+    }
+    Ok(())
 }
 
 fn machine() -> Value {

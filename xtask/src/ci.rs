@@ -28,7 +28,8 @@ fn cargo(step: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs formatting, lints, the CUDA build check, the default-model fetch and the tests.
+/// Runs formatting, lints, the CUDA build check, the default-model fetch, the tests and the
+/// benchmark's smoke run.
 pub fn run(args: &CiArgs) -> anyhow::Result<()> {
     cargo("format", &["fmt", "--all", "--", "--check"])?;
     cargo(
@@ -51,5 +52,22 @@ pub fn run(args: &CiArgs) -> anyhow::Result<()> {
     eprintln!("==> default model");
     let dir = ensure_default_model(&mut |_| {}).context("fetching the default model")?;
     eprintln!("==> default model at {}", dir.display());
-    cargo("tests", &["test", "--workspace", "--release"])
+    cargo("tests", &["test", "--workspace", "--release"])?;
+    // the benchmark's smoke run: the CSV/JSON and the plots are produced (no timing asserted)
+    cargo(
+        "bench smoke run",
+        &["xtask", "bench", "--quick", "--out", "target/bench-quick"],
+    )?;
+    for file in [
+        "bench.json",
+        "bench.csv",
+        "peak_memory__knorm.png",
+        "decode__1024.svg",
+    ] {
+        let path = std::path::Path::new("target/bench-quick").join(file);
+        if !path.exists() {
+            bail!("the bench smoke run did not write {}", path.display());
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `kvpress plot`: score against compression ratio, one line per press (the seed paper's
-//! Figure 4), and the needle-in-a-haystack depth × length heat map, as PNG and SVG.
+//! Figure 4), and the needle-in-a-haystack depth × length heat map, as PNG and SVG; with
+//! `--bench`, the speed and memory curves of `cargo xtask bench`.
 //!
 //! Reads every results directory under `--results` (kvpress-rs's, or kvpress's own: the flat
 //! scalars of its `config.yaml` are enough).
@@ -110,20 +111,16 @@ pub fn plot(results_dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<Vec<Pa
             .join("__");
         let series: Vec<(String, Vec<(f64, f64)>)> =
             lines.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        let png = out_dir.join(format!("{stem}.png"));
-        let svg = out_dir.join(format!("{stem}.svg"));
-        draw_scores(
-            BitMapBackend::new(&png, (900, 600)).into_drawing_area(),
-            &title,
-            &series,
-            baseline,
-        )?;
-        draw_scores(
-            SVGBackend::new(&svg, (900, 600)).into_drawing_area(),
-            &title,
-            &series,
-            baseline,
-        )?;
+        let chart = LineChart {
+            title: &title,
+            x_desc: "compression ratio",
+            y_desc: "score",
+            series: &series,
+            baseline: baseline.map(|b| ("no press", b)),
+            y_range: Some((0.0, 100.0)),
+            legend: SeriesLabelPosition::LowerLeft,
+        };
+        let [png, svg] = chart.write(&out_dir.join(stem))?;
         written.extend([png, svg]);
     }
 
@@ -242,79 +239,124 @@ fn drawing<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing the plot: {e:?}")
 }
 
-/// Score (0–100) against compression ratio, a line with markers per press, the uncompressed
-/// score as a dashed line.
-fn draw_scores<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
-    title: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-    baseline: Option<f64>,
-) -> anyhow::Result<()> {
-    root.fill(&WHITE).map_err(drawing)?;
-    let max_ratio = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
-        .fold(0.5f64, f64::max);
-    let x_max = ((max_ratio + 0.05) * 10.0).ceil() / 10.0;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 22))
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0f64..x_max, 0f64..100f64)
-        .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .x_desc("compression ratio")
-        .y_desc("score")
-        .label_style((FONT, 15))
-        .light_line_style(WHITE)
-        .bold_line_style(RGBColor(225, 225, 225))
-        .draw()
-        .map_err(drawing)?;
-    if let Some(b) = baseline {
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(0.0, b), (x_max, b)],
-                6,
-                4,
-                BLACK.stroke_width(2),
-            ))
-            .map_err(drawing)?
-            .label(format!("no press ({b:.1})"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+/// A chart of lines with markers, optionally with a dashed reference line.
+pub struct LineChart<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// X axis label.
+    pub x_desc: &'a str,
+    /// Y axis label.
+    pub y_desc: &'a str,
+    /// One named line each, points sorted by x.
+    pub series: &'a [(String, Vec<(f64, f64)>)],
+    /// A dashed horizontal line (label, y), also prepended to every line at x = 0.
+    pub baseline: Option<(&'a str, f64)>,
+    /// Fixed y range (default: 0 to the largest value + 10%).
+    pub y_range: Option<(f64, f64)>,
+    /// Legend corner.
+    pub legend: SeriesLabelPosition,
+}
+
+impl LineChart<'_> {
+    /// Draws the chart to `<stem>.png` and `<stem>.svg` and returns both paths.
+    pub fn write(&self, stem: &Path) -> anyhow::Result<[PathBuf; 2]> {
+        register_font();
+        let png = PathBuf::from(format!("{}.png", stem.display()));
+        let svg = PathBuf::from(format!("{}.svg", stem.display()));
+        self.draw(BitMapBackend::new(&png, (900, 600)).into_drawing_area())?;
+        self.draw(SVGBackend::new(&svg, (900, 600)).into_drawing_area())?;
+        Ok([png, svg])
     }
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let mut points = points.clone();
-        if let Some(b) = baseline {
-            points.insert(0, (0.0, b));
+
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> anyhow::Result<()> {
+        root.fill(&WHITE).map_err(drawing)?;
+        let xs = self
+            .series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|(x, _)| *x));
+        let x_max = xs.clone().fold(f64::MIN, f64::max);
+        let x_min = xs.fold(f64::MAX, f64::min).min(if self.baseline.is_some() {
+            0.0
+        } else {
+            f64::MAX
+        });
+        let (x_min, x_max) = if x_min <= x_max {
+            let pad = ((x_max - x_min) * 0.05).max(1e-9);
+            (x_min - pad, x_max + pad)
+        } else {
+            (0.0, 1.0)
+        };
+        let (y_min, y_max) = self.y_range.unwrap_or_else(|| {
+            let top = self
+                .series
+                .iter()
+                .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+                .chain(self.baseline.map(|b| b.1))
+                .fold(0.0f64, f64::max);
+            (0.0, if top > 0.0 { top * 1.1 } else { 1.0 })
+        });
+        let mut chart = ChartBuilder::on(&root)
+            .caption(self.title, (FONT, 22))
+            .margin(20)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x_min..x_max, y_min..y_max)
+            .map_err(drawing)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_desc)
+            .y_desc(self.y_desc)
+            .label_style((FONT, 15))
+            .light_line_style(WHITE)
+            .bold_line_style(RGBColor(225, 225, 225))
+            .draw()
+            .map_err(drawing)?;
+        if let Some((label, b)) = self.baseline {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(x_min, b), (x_max, b)],
+                    6,
+                    4,
+                    BLACK.stroke_width(2),
+                ))
+                .map_err(drawing)?
+                .label(format!("{label} ({b:.1})"))
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2))
+                });
+        }
+        for (i, (name, points)) in self.series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let mut points = points.clone();
+            if let Some((_, b)) = self.baseline {
+                points.insert(0, (0.0, b));
+            }
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+                .map_err(drawing)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+                )
+                .map_err(drawing)?;
         }
         chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
-            .map_err(drawing)?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            });
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
-            )
+            .configure_series_labels()
+            .position(self.legend.clone())
+            .label_font((FONT, 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
             .map_err(drawing)?;
+        root.present().map_err(drawing)?;
+        Ok(())
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(drawing)?;
-    root.present().map_err(drawing)?;
-    Ok(())
 }
 
 /// Needle score (0–1) per (context length, depth) cell, red (0) to green (1), the value
@@ -391,4 +433,128 @@ fn label_at<T: ToString>(x: f64, values: &[T]) -> String {
     } else {
         String::new()
     }
+}
+
+/// One configuration measured by `cargo xtask bench` (the fields the plots use).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct BenchPoint {
+    length: usize,
+    press: Option<String>,
+    compression_ratio: f64,
+    decode_tok_per_s: f64,
+    cache_bytes_after_prefill: usize,
+    peak_rss_kib: u64,
+}
+
+/// The figures of a `cargo xtask bench` run (`bench.json`): peak memory against context length
+/// (one figure per press, a line per ratio, no press as ratio 0), and decode tokens/s and cache
+/// MiB against compression ratio (one figure per context length, a line per press).
+pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(bench_json)
+        .with_context(|| format!("reading {}", bench_json.display()))?;
+    let doc: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", bench_json.display()))?;
+    let points: Vec<BenchPoint> = serde_json::from_value(doc["results"].clone())
+        .with_context(|| format!("{}: no bench results", bench_json.display()))?;
+    if points.is_empty() {
+        anyhow::bail!("{}: no bench results", bench_json.display());
+    }
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let model = doc["model"]
+        .as_str()
+        .and_then(|m| Path::new(m).file_name()?.to_str())
+        .unwrap_or("model")
+        .to_string();
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    let mut written = Vec::new();
+    let baseline: Vec<&BenchPoint> = points.iter().filter(|p| p.press.is_none()).collect();
+    let presses: std::collections::BTreeSet<&str> =
+        points.iter().filter_map(|p| p.press.as_deref()).collect();
+
+    // peak memory against length: per press, a line per ratio
+    for press in presses
+        .iter()
+        .copied()
+        .chain(presses.is_empty().then_some("none"))
+    {
+        let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for p in &baseline {
+            lines
+                .entry("no press".into())
+                .or_default()
+                .push((p.length as f64, p.peak_rss_kib as f64 / 1024.0));
+        }
+        for p in points.iter().filter(|p| p.press.as_deref() == Some(press)) {
+            lines
+                .entry(format!("ratio {:.2}", p.compression_ratio))
+                .or_default()
+                .push((p.length as f64, p.peak_rss_kib as f64 / 1024.0));
+        }
+        let series = sorted_series(lines);
+        let title = format!("peak memory — {model}, {press}");
+        let chart = LineChart {
+            title: &title,
+            x_desc: "context length (tokens)",
+            y_desc: "peak resident memory (MiB)",
+            series: &series,
+            baseline: None,
+            y_range: None,
+            legend: SeriesLabelPosition::UpperLeft,
+        };
+        let stem = format!("peak_memory__{}", results::press_dir_name(Some(press)));
+        written.extend(chart.write(&out_dir.join(stem))?);
+    }
+
+    // decode speed and cache size against ratio: per length, a line per press
+    let lengths: std::collections::BTreeSet<usize> = points.iter().map(|p| p.length).collect();
+    for &length in &lengths {
+        let none = baseline.iter().find(|p| p.length == length);
+        for (what, y_desc, value) in [
+            (
+                "decode",
+                "decode tokens/s",
+                &(|p: &BenchPoint| p.decode_tok_per_s) as &dyn Fn(&BenchPoint) -> f64,
+            ),
+            (
+                "cache",
+                "KV cache after prefill (MiB)",
+                &|p: &BenchPoint| mib(p.cache_bytes_after_prefill as f64),
+            ),
+        ] {
+            let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+            for p in points
+                .iter()
+                .filter(|p| p.length == length && p.press.is_some())
+            {
+                let name = p.press.clone().unwrap_or_default();
+                lines
+                    .entry(name)
+                    .or_default()
+                    .push((p.compression_ratio, value(p)));
+            }
+            let series = sorted_series(lines);
+            let title = format!("{y_desc} at {length} tokens — {model}");
+            let chart = LineChart {
+                title: &title,
+                x_desc: "compression ratio",
+                y_desc,
+                series: &series,
+                baseline: none.map(|p| ("no press", value(p))),
+                y_range: None,
+                legend: SeriesLabelPosition::LowerLeft,
+            };
+            written.extend(chart.write(&out_dir.join(format!("{what}__{length}")))?);
+        }
+    }
+    Ok(written)
+}
+
+fn sorted_series(lines: BTreeMap<String, Vec<(f64, f64)>>) -> Vec<(String, Vec<(f64, f64)>)> {
+    lines
+        .into_iter()
+        .map(|(name, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (name, points)
+        })
+        .collect()
 }
