@@ -14,6 +14,22 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// kvpress's answers on generated RULER rows (`reference/eval_reference.py`).
+fn kvpress_answers() -> serde_json::Value {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ruler_niah_single_1_2048.json");
+    serde_json::from_str(&fs::read_to_string(file).expect("golden")).expect("json")
+}
+
+/// The rows of a results directory's predictions.csv, by column name.
+fn predictions(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = fs::read_to_string(dir.join("predictions.csv")).expect("csv");
+    csv::Reader::from_reader(text.as_bytes())
+        .deserialize()
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
 fn stderr_of(args: &[&str]) -> String {
     let out = kvpress(args);
     assert!(!out.status.success(), "{args:?} should fail");
@@ -316,14 +332,7 @@ fn bad_evaluation_options_are_clear_errors() {
 /// no press and knorm, snapkv, expected_attention, streaming_llm, tova at 0.25/0.5/0.75.
 #[test]
 fn ruler_sweep_answers_equal_kvpress() {
-    let golden: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/golden/ruler_niah_single_1_2048.json"),
-        )
-        .expect("golden"),
-    )
-    .expect("json");
+    let golden = kvpress_answers();
     let dir = tempfile::tempdir().expect("tmp");
     let results = dir.path().join("results");
     let mut args = vec![
@@ -362,18 +371,11 @@ fn ruler_sweep_answers_equal_kvpress() {
             run["press"].as_str().unwrap_or("no_press"),
             run["compression_ratio"].as_f64().expect("ratio")
         );
-        let predictions = fs::read_to_string(
-            Path::new(run["results"].as_str().expect("dir")).join("predictions.csv"),
-        )
-        .expect("csv");
-        let mut reader = csv::Reader::from_reader(predictions.as_bytes());
-        let got: Vec<(String, String)> = reader
-            .deserialize::<std::collections::HashMap<String, String>>()
-            .map(|r| {
-                let r = r.expect("row");
-                (r["question"].clone(), r["predicted_answer"].clone())
-            })
-            .collect();
+        let got: Vec<(String, String)> =
+            predictions(Path::new(run["results"].as_str().expect("dir")))
+                .into_iter()
+                .map(|r| (r["question"].clone(), r["predicted_answer"].clone()))
+                .collect();
         let questions: Vec<&str> = golden["rows"]
             .as_array()
             .expect("rows")
@@ -402,14 +404,7 @@ fn ruler_sweep_answers_equal_kvpress() {
 /// Query-aware evaluation (the question compressed with its context) gives kvpress's answers.
 #[test]
 fn query_aware_answers_equal_kvpress() {
-    let golden: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/golden/ruler_niah_single_1_2048.json"),
-        )
-        .expect("golden"),
-    )
-    .expect("json");
+    let golden = kvpress_answers();
     let golden = &golden["query_aware_1024"];
     let dir = tempfile::tempdir().expect("tmp");
     let results = dir.path().join("results");
@@ -434,10 +429,7 @@ fn query_aware_answers_equal_kvpress() {
     ]));
     let dir = Path::new(out["runs"][0]["results"].as_str().expect("dir"));
     assert!(dir.ends_with("ruler__1024__SmolLM2-135M-Instruct__snapkv__0.50__query_aware"));
-    let predictions = fs::read_to_string(dir.join("predictions.csv")).expect("csv");
-    let mut reader = csv::Reader::from_reader(predictions.as_bytes());
-    let rows: Vec<std::collections::HashMap<String, String>> =
-        reader.deserialize().map(|r| r.expect("row")).collect();
+    let rows = predictions(dir);
     let questions: Vec<&str> = rows.iter().map(|r| r["question"].as_str()).collect();
     let answers: Vec<&str> = rows
         .iter()
