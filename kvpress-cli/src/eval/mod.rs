@@ -545,6 +545,7 @@ fn finish_run(
     model_name: &str,
 ) -> anyhow::Result<()> {
     let mut predictions = Vec::with_capacity(samples.len());
+    let mut ratios = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
         let a = run
             .done
@@ -552,20 +553,16 @@ fn finish_run(
             .with_context(|| format!("{}: row {} was not answered", run.label(), i + 1))?;
         let mut sample = sample.clone();
         sample.context.clear();
-        predictions.push((
-            Prediction {
-                sample,
-                predicted_answer: a.predicted_answer.clone(),
-            },
-            a.compression_ratio,
-        ));
+        predictions.push(Prediction {
+            sample,
+            predicted_answer: a.predicted_answer.clone(),
+        });
+        ratios.push(a.compression_ratio);
     }
-    let just: Vec<Prediction> = predictions.iter().map(|(p, _)| p.clone()).collect();
     let data = &opts.data;
-    let metrics = metrics::calculate_metrics(&data.dataset, &just)
+    let metrics = metrics::calculate_metrics(&data.dataset, &predictions)
         .with_context(|| format!("metrics of {}", run.label()))?;
-    let realised =
-        predictions.iter().map(|(_, r)| r).sum::<f64>() / predictions.len().max(1) as f64;
+    let realised = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
     let mut config = Map::new();
     let mut put = |k: &str, v: Value| {
         config.insert(k.to_string(), v);
@@ -599,7 +596,7 @@ fn finish_run(
     put("rows", json!(samples.len()));
     put("backend", json!(crate::backend::NAME));
     put("kvpress_rs_version", json!(env!("CARGO_PKG_VERSION")));
-    run.dir.finish(&predictions, &metrics, &config)
+    run.dir.finish(&predictions, &ratios, &metrics, &config)
 }
 
 fn progress(units: u64, groups: usize, runs: usize) -> ProgressBar {

@@ -160,7 +160,7 @@ impl RunDir {
         for (i, line) in text.lines().enumerate() {
             // a line cut by the interruption is simply not done
             let Ok(group) = serde_json::from_str::<Vec<Answered>>(line) else {
-                tracing_skip(&path, i);
+                note_incomplete_line(&path, i);
                 continue;
             };
             for a in group {
@@ -191,16 +191,18 @@ impl RunDir {
         writeln!(file, "{line}").with_context(|| format!("writing {}", self.partial().display()))
     }
 
-    /// Writes `predictions.csv`, `metrics.json` and `config.yaml` and removes `partial.jsonl`.
+    /// Writes `predictions.csv` (each prediction with its realised compression ratio),
+    /// `metrics.json` and `config.yaml`, and removes `partial.jsonl`.
     pub fn finish(
         &self,
-        predictions: &[(Prediction, f64)],
+        predictions: &[Prediction],
+        ratios: &[f64],
         metrics: &Value,
         config: &Map<String, Value>,
     ) -> anyhow::Result<()> {
         fs::create_dir_all(&self.path)
             .with_context(|| format!("creating {}", self.path.display()))?;
-        write_predictions(&self.predictions(), predictions)?;
+        write_predictions(&self.predictions(), predictions, ratios)?;
         fs::write(
             self.metrics(),
             serde_json::to_string_pretty(metrics)? + "\n",
@@ -213,7 +215,8 @@ impl RunDir {
     }
 }
 
-fn tracing_skip(path: &Path, line: usize) {
+/// Says that a line of `partial.jsonl` was cut by an interruption (its rows are answered again).
+fn note_incomplete_line(path: &Path, line: usize) {
     eprintln!(
         "note: {} line {} is incomplete (interrupted write); its rows are answered again",
         path.display(),
@@ -222,10 +225,10 @@ fn tracing_skip(path: &Path, line: usize) {
 }
 
 /// Writes the predictions with their realised compression ratio, every column but the context.
-fn write_predictions(path: &Path, rows: &[(Prediction, f64)]) -> anyhow::Result<()> {
+fn write_predictions(path: &Path, rows: &[Prediction], ratios: &[f64]) -> anyhow::Result<()> {
     let extra: BTreeSet<&str> = rows
         .iter()
-        .flat_map(|(p, _)| p.sample.extra.keys().map(String::as_str))
+        .flat_map(|p| p.sample.extra.keys().map(String::as_str))
         .collect();
     let mut writer =
         csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
@@ -233,7 +236,7 @@ fn write_predictions(path: &Path, rows: &[(Prediction, f64)]) -> anyhow::Result<
     header.extend(extra.iter().copied());
     header.extend(["predicted_answer", "compression_ratio"]);
     writer.write_record(&header)?;
-    for (p, ratio) in rows {
+    for (p, ratio) in rows.iter().zip(ratios) {
         let s = &p.sample;
         let mut record = vec![
             s.question.clone(),
@@ -395,7 +398,8 @@ mod tests {
         config.insert("compression_ratio".into(), json!(0.5));
         config.insert("max_context_length".into(), Value::Null);
         run.finish(
-            &[(prediction, 0.5)],
+            &[prediction],
+            &[0.5],
             &json!({"t": {"string_match": 50.0}}),
             &config,
         )
