@@ -220,9 +220,11 @@ pub fn answer(
     json: bool,
 ) -> anyhow::Result<()> {
     let press = build_press(press_args)?;
+    let quantization = press_args.kv.quantization()?;
     let files = model::open(model)?;
     let llama = model::load(&files)?;
-    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone());
+    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone())
+        .with_kv_quantization(quantization);
     let label = press_args.press.as_deref().unwrap_or("no press");
     let bar = spinner(format!("compressing the context ({label}) and answering"));
     let out = pipe.run(request, press.as_deref());
@@ -234,6 +236,11 @@ pub fn answer(
             "context_tokens": out.context_tokens,
             "press": press_args.press,
             "compression_ratio": press_args.compression_ratio,
+            "kv_quant": quantization.map(|q| json!({
+                "format": q.bits.to_string(),
+                "group_size": q.group_size,
+                "residual": q.residual,
+            })),
             "cache": {
                 "tokens_per_layer": tokens_per_layer(&out.tokens_per_head),
                 "tokens_per_head": out.tokens_per_head,
@@ -311,7 +318,8 @@ pub fn inspect(
         }
         None => (0..num_layers).collect(),
     };
-    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone());
+    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone())
+        .with_kv_quantization(press_args.kv.quantization()?);
     let prompt = pipe.prompt(request)?;
     let n = prompt.context_ids.len();
     let bar = spinner(format!("prefilling {n} context tokens with the press"));

@@ -9,6 +9,7 @@ mod model;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use kvpress_core::KvQuantization;
 use kvpress_models::generate::{GenerationOptions, Sampling};
 use kvpress_models::pipeline::Request;
 
@@ -87,6 +88,41 @@ struct PressArgs {
     /// (as kvpress's `compression_ratio`).
     #[arg(long, value_name = "R", allow_hyphen_values = true)]
     compression_ratio: Option<f64>,
+    #[command(flatten)]
+    kv: KvQuantArgs,
+}
+
+/// Quantized storage of the compressed cache.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KvQuantArgs {
+    /// Store the cache's entries as int8, int4 or int2 codes (per-token groups of channels,
+    /// f16 scale and zero-point per group). The press scores and evicts first, on full
+    /// precision; the kept entries are quantized after it.
+    #[arg(long, value_name = "FORMAT", value_parser = ["int8", "int4", "int2"])]
+    kv_quant: Option<String>,
+    /// Channels of one token sharing a scale and a zero-point (the head dimension when larger).
+    #[arg(long, default_value_t = 64, value_name = "G", requires = "kv_quant")]
+    kv_group_size: usize,
+    /// Most recent entries of every head kept in full precision.
+    #[arg(long, default_value_t = 128, value_name = "N", requires = "kv_quant")]
+    kv_residual: usize,
+}
+
+impl KvQuantArgs {
+    /// The quantization asked for (none: full precision).
+    pub fn quantization(&self) -> anyhow::Result<Option<KvQuantization>> {
+        let Some(format) = &self.kv_quant else {
+            return Ok(None);
+        };
+        if self.kv_group_size == 0 {
+            anyhow::bail!("--kv-group-size must be at least 1");
+        }
+        Ok(Some(KvQuantization {
+            bits: format.parse()?,
+            group_size: self.kv_group_size,
+            residual: self.kv_residual,
+        }))
+    }
 }
 
 /// Options of `kvpress calibrate`.
@@ -356,6 +392,8 @@ pub struct EvalArgs {
     /// Recompute runs that are already finished (and drop partial ones).
     #[arg(long)]
     overwrite: bool,
+    #[command(flatten)]
+    kv: KvQuantArgs,
 }
 
 fn main() {
@@ -468,6 +506,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 query_aware: args.query_aware,
                 output_dir: args.output_dir,
                 overwrite: args.overwrite,
+                kv_quantization: args.kv.quantization()?,
             };
             eval::run(cli.model.as_deref(), &opts, json)
         }

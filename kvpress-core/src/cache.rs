@@ -8,36 +8,295 @@
 //!   `[1, 1, n_h, d]` tensor per head, so the dropped entries are really freed — nothing is
 //!   padded or masked.
 //!
+//! A cache may also quantize its entries ([`KvQuantization`]): after each forward,
+//! [`LayerCache::settle`] moves every head's entries older than its `residual` most recent
+//! ones into int8/int4/int2 storage ([`Quantized`]). The model calls it *after* the press, so
+//! presses score full-precision keys and evict before anything is quantized; entries, once
+//! quantized, are only ever selected or dropped, never requantized.
+//!
 //! [`LayerCache::attend`] computes attention over either layout exactly: a head only ever sees
-//! its own entries. [`KvCache::bytes`] reports the bytes the tensors really hold, so memory
-//! figures are measured rather than assumed.
+//! its own entries (quantized ones read back on the fly). [`KvCache::bytes`] reports the bytes
+//! the tensors really hold (codes, scales and zero-points included), so memory figures are
+//! measured rather than assumed.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::attention::{AttentionOptions, chunked_attention};
 use crate::error::{CoreError, Result};
+use crate::quant::{KvQuantization, Quantized, hadamard};
 
-/// Keys and values of one KV head in the ragged layout (`[1, 1, n_h, d]` each); `None` when the
-/// head holds nothing.
-type HeadKv<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
-
-#[derive(Debug, Clone)]
-enum Storage<B: Backend> {
-    Empty,
-    /// Keys and values `[1, h_kv, n, d]`.
-    Dense(Tensor<B, 4>, Tensor<B, 4>),
-    /// One entry per KV head.
-    Ragged(Vec<HeadKv<B>>),
+/// Entries of one or all KV heads held one way: `[1, h, n, ·]` along heads (dim 1) and
+/// entries (dim 2).
+trait Entries<B: Backend>: Clone + Sized {
+    fn heads(&self) -> usize;
+    fn len(&self) -> usize;
+    fn narrow(self, dim: usize, start: usize, len: usize) -> Self;
+    fn select(self, indices: Tensor<B, 1, Int>) -> Self;
+    /// `parts` (at least one) joined along `dim`.
+    fn cat(parts: Vec<Self>, dim: usize) -> Self;
+    fn bytes(&self) -> usize;
+    fn device(&self) -> B::Device;
 }
 
-impl<B: Backend> Storage<B> {
-    /// Keys and values of KV head `h` (`[1, 1, n_h, d]` each); `None` if it holds nothing.
-    fn head(&self, h: usize) -> HeadKv<B> {
+/// Full-precision keys and values `[1, h, n, d]`.
+#[derive(Debug, Clone)]
+struct Kv<B: Backend> {
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+}
+
+impl<B: Backend> Entries<B> for Kv<B> {
+    fn heads(&self) -> usize {
+        self.keys.dims()[1]
+    }
+    fn len(&self) -> usize {
+        self.keys.dims()[2]
+    }
+    fn narrow(self, dim: usize, start: usize, len: usize) -> Self {
+        Self {
+            keys: self.keys.narrow(dim, start, len),
+            values: self.values.narrow(dim, start, len),
+        }
+    }
+    fn select(self, indices: Tensor<B, 1, Int>) -> Self {
+        Self {
+            keys: self.keys.select(2, indices.clone()),
+            values: self.values.select(2, indices),
+        }
+    }
+    fn cat(parts: Vec<Self>, dim: usize) -> Self {
+        let (keys, values): (Vec<_>, Vec<_>) =
+            parts.into_iter().map(|p| (p.keys, p.values)).unzip();
+        Self {
+            keys: Tensor::cat(keys, dim),
+            values: Tensor::cat(values, dim),
+        }
+    }
+    fn bytes(&self) -> usize {
+        tensor_bytes(&self.keys) + tensor_bytes(&self.values)
+    }
+    fn device(&self) -> B::Device {
+        self.keys.device()
+    }
+}
+
+/// Quantized keys and values of `[1, h, n, d]` entries, stored in the rotated basis of the
+/// layer (see [`LayerCache::settle`]).
+#[derive(Debug, Clone)]
+struct PackedKv<B: Backend> {
+    keys: Quantized<B>,
+    values: Quantized<B>,
+}
+
+impl<B: Backend> PackedKv<B> {
+    fn quantize(kv: Kv<B>, quantization: &KvQuantization) -> Result<Self> {
+        let group = quantization.group_for(kv.keys.dims()[3])?;
+        Ok(Self {
+            keys: Quantized::quantize(kv.keys, quantization.bits, group)?,
+            values: Quantized::quantize(kv.values, quantization.bits, group)?,
+        })
+    }
+
+    fn dequantize(&self) -> Kv<B> {
+        Kv {
+            keys: self.keys.dequantize(),
+            values: self.values.dequantize(),
+        }
+    }
+}
+
+impl<B: Backend> Entries<B> for PackedKv<B> {
+    fn heads(&self) -> usize {
+        self.keys.heads()
+    }
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+    fn narrow(self, dim: usize, start: usize, len: usize) -> Self {
+        Self {
+            keys: self.keys.narrow(dim, start, len),
+            values: self.values.narrow(dim, start, len),
+        }
+    }
+    fn select(self, indices: Tensor<B, 1, Int>) -> Self {
+        Self {
+            keys: self.keys.select(indices.clone()),
+            values: self.values.select(indices),
+        }
+    }
+    fn cat(parts: Vec<Self>, dim: usize) -> Self {
+        let (keys, values): (Vec<_>, Vec<_>) =
+            parts.into_iter().map(|p| (p.keys, p.values)).unzip();
+        Self {
+            keys: Quantized::cat_nonempty(keys, dim),
+            values: Quantized::cat_nonempty(values, dim),
+        }
+    }
+    fn bytes(&self) -> usize {
+        self.keys.bytes() + self.values.bytes()
+    }
+    fn device(&self) -> B::Device {
+        self.keys.device()
+    }
+}
+
+/// The entries of a layer held one way, in the dense or the ragged layout.
+#[derive(Debug, Clone)]
+enum Storage<E> {
+    Empty,
+    /// All heads at once, `[1, h_kv, n, ·]`.
+    Dense(E),
+    /// One entry per KV head, `[1, 1, n_h, ·]`; `None` when the head holds nothing.
+    Ragged(Vec<Option<E>>),
+}
+
+impl<E> Storage<E> {
+    fn take(&mut self) -> Self {
+        std::mem::replace(self, Storage::Empty)
+    }
+
+    /// Entries of KV head `h` (`[1, 1, n_h, ·]`); `None` if it holds nothing.
+    fn head<B: Backend>(&self, h: usize) -> Option<E>
+    where
+        E: Entries<B>,
+    {
         match self {
             Storage::Empty => None,
-            Storage::Dense(k, v) => (h < k.dims()[1] && k.dims()[2] > 0)
-                .then(|| (k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1))),
+            Storage::Dense(e) => (h < e.heads() && e.len() > 0).then(|| e.clone().narrow(1, h, 1)),
             Storage::Ragged(heads) => heads.get(h).cloned().flatten(),
+        }
+    }
+
+    /// The entries of the dense layout, or of the first head holding any.
+    fn any(&self) -> Option<&E> {
+        match self {
+            Storage::Empty => None,
+            Storage::Dense(e) => Some(e),
+            Storage::Ragged(heads) => heads.iter().flatten().next(),
+        }
+    }
+
+    /// Entries held by KV head `h`.
+    fn head_len<B: Backend>(&self, h: usize) -> usize
+    where
+        E: Entries<B>,
+    {
+        match self {
+            Storage::Empty => 0,
+            Storage::Dense(e) => e.len(),
+            Storage::Ragged(heads) => heads.get(h).and_then(Option::as_ref).map_or(0, E::len),
+        }
+    }
+
+    fn bytes<B: Backend>(&self) -> usize
+    where
+        E: Entries<B>,
+    {
+        match self {
+            Storage::Empty => 0,
+            Storage::Dense(e) => e.bytes(),
+            Storage::Ragged(heads) => heads.iter().flatten().map(E::bytes).sum(),
+        }
+    }
+
+    /// Per-head entries joined into the dense layout when every head holds the same non-zero
+    /// count.
+    fn from_heads<B: Backend>(heads: Vec<Option<E>>) -> Self
+    where
+        E: Entries<B>,
+    {
+        let lens: Vec<Option<usize>> = heads.iter().map(|h| h.as_ref().map(E::len)).collect();
+        if lens.iter().all(|l| l.is_none_or(|l| l == 0)) {
+            return Storage::Empty;
+        }
+        if lens.iter().all(|l| l.is_some() && *l == lens[0]) {
+            return Storage::Dense(E::cat(heads.into_iter().flatten().collect(), 1));
+        }
+        Storage::Ragged(heads)
+    }
+
+    /// Appends `new` (`[1, h_kv, s, ·]`, every head) after every head's entries.
+    fn append<B: Backend>(self, new: E, heads: usize) -> Self
+    where
+        E: Entries<B>,
+    {
+        match self {
+            Storage::Empty => Storage::Dense(new),
+            Storage::Dense(old) => Storage::Dense(E::cat(vec![old, new], 2)),
+            ragged => {
+                let added = (0..heads)
+                    .map(|h| Some(new.clone().narrow(1, h, 1)))
+                    .collect();
+                ragged.append_heads(added, heads)
+            }
+        }
+    }
+
+    /// Appends `new[h]` (`[1, 1, s_h, ·]`) after the entries of every head `h`.
+    fn append_heads<B: Backend>(self, new: Vec<Option<E>>, heads: usize) -> Self
+    where
+        E: Entries<B>,
+    {
+        let joined = (0..heads)
+            .map(|h| match (self.head(h), new.get(h).cloned().flatten()) {
+                (Some(old), Some(add)) => Some(E::cat(vec![old, add], 2)),
+                (old, add) => old.or(add),
+            })
+            .collect();
+        Self::from_heads(joined)
+    }
+
+    /// Keeps the entries `indices[h]` of every head `h`, in that order.
+    fn select<B: Backend>(self, indices: &[Vec<usize>]) -> Self
+    where
+        E: Entries<B>,
+    {
+        // One `select` per head then one concatenation: far cheaper on CPU backends than a
+        // gather with indices expanded over the head dimension.
+        let heads = indices
+            .iter()
+            .enumerate()
+            .map(|(h, idx)| {
+                let e = self.head(h)?;
+                if idx.is_empty() {
+                    return None;
+                }
+                if idx.len() == e.len() && idx.iter().enumerate().all(|(i, &j)| i == j) {
+                    return Some(e);
+                }
+                let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+                let ids =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &e.device());
+                Some(e.select(ids))
+            })
+            .collect();
+        Self::from_heads(heads)
+    }
+
+    /// Keeps the first `lens[h]` entries of every head `h` (each at most the head's length).
+    fn truncate<B: Backend>(self, lens: &[usize]) -> Self
+    where
+        E: Entries<B>,
+    {
+        match self {
+            Storage::Empty => Storage::Empty,
+            _ if lens.iter().all(|&l| l == 0) => Storage::Empty,
+            Storage::Dense(e) if lens.iter().all(|&l| l == lens[0]) => {
+                if lens[0] == e.len() {
+                    Storage::Dense(e)
+                } else {
+                    Storage::Dense(e.narrow(2, 0, lens[0]))
+                }
+            }
+            storage => {
+                let heads = (0..lens.len())
+                    .map(|h| {
+                        let e = storage.head(h)?;
+                        (lens[h] > 0).then(|| e.narrow(2, 0, lens[h]))
+                    })
+                    .collect();
+                Self::from_heads(heads)
+            }
         }
     }
 }
@@ -49,9 +308,18 @@ impl<B: Backend> Storage<B> {
 /// - positions: `h_kv` lists (entry `i` of head `h` holds the token at `positions[h][i]`); the
 ///   original token index of each entry is kept apart, since re-rotating presses move keys to
 ///   new positions
+/// - quantized caches: entry `i` of head `h` is quantized for `i < quantized_per_head()[h]`,
+///   full precision after
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
-    storage: Storage<B>,
+    /// Full-precision entries: all of them, or each head's most recent ones when quantized.
+    storage: Storage<Kv<B>>,
+    /// Quantized entries, which come before the full-precision ones of the same head.
+    packed: Storage<PackedKv<B>>,
+    quantization: Option<KvQuantization>,
+    /// Full-precision entries of each head that [`LayerCache::settle`] leaves alone (the
+    /// context's residual window at the last [`KvCache::mark`]).
+    pinned: Vec<usize>,
     positions: Vec<Vec<usize>>,
     origins: Vec<Vec<usize>>,
     next_position: usize,
@@ -61,6 +329,9 @@ impl<B: Backend> Default for LayerCache<B> {
     fn default() -> Self {
         Self {
             storage: Storage::Empty,
+            packed: Storage::Empty,
+            quantization: None,
+            pinned: Vec::new(),
             positions: Vec::new(),
             origins: Vec::new(),
             next_position: 0,
@@ -69,6 +340,25 @@ impl<B: Backend> Default for LayerCache<B> {
 }
 
 impl<B: Backend> LayerCache<B> {
+    /// An empty cache quantizing its entries as `quantization` says (none: full precision).
+    pub fn with_quantization(quantization: Option<KvQuantization>) -> Self {
+        Self {
+            quantization,
+            ..Self::default()
+        }
+    }
+
+    /// Quantizes the entries [`LayerCache::settle`] moves from now on as `quantization` says
+    /// (entries already quantized stay as they are).
+    pub fn set_quantization(&mut self, quantization: Option<KvQuantization>) {
+        self.quantization = quantization;
+    }
+
+    /// How this cache quantizes its entries, if it does.
+    pub fn quantization(&self) -> Option<&KvQuantization> {
+        self.quantization.as_ref()
+    }
+
     /// Entries held by the longest head (the sequence length a dense view would have).
     pub fn len(&self) -> usize {
         self.positions.iter().map(Vec::len).max().unwrap_or(0)
@@ -84,9 +374,17 @@ impl<B: Backend> LayerCache<B> {
         self.positions.iter().map(Vec::len).collect()
     }
 
+    /// Quantized entries of each KV head (all zero without quantization).
+    pub fn quantized_per_head(&self) -> Vec<usize> {
+        (0..self.positions.len())
+            .map(|h| self.packed.head_len(h))
+            .collect()
+    }
+
     /// True when heads hold different numbers of entries (stored one tensor per head).
     pub fn is_ragged(&self) -> bool {
-        matches!(self.storage, Storage::Ragged(_))
+        let lens = self.tokens_per_head();
+        lens.iter().any(|&l| l != lens[0])
     }
 
     /// Absolute (RoPE and causal-mask) positions of every head's entries, in cache order.
@@ -106,25 +404,106 @@ impl<B: Backend> LayerCache<B> {
         self.next_position
     }
 
-    /// Keys and values (`[1, h_kv, n, d]` each) of a dense cache; `None` if empty.
+    /// Keys and values (`[1, h_kv, n, d]` each, quantized entries read back) when every head
+    /// holds the same number of entries; `None` if empty.
     ///
     /// # Errors
-    /// When the cache is ragged: only head-wise access ([`LayerCache::head`]) applies then.
-    pub fn keys_values(&self) -> Result<Option<(&Tensor<B, 4>, &Tensor<B, 4>)>> {
-        match &self.storage {
-            Storage::Empty => Ok(None),
-            Storage::Dense(k, v) => Ok(Some((k, v))),
-            Storage::Ragged(_) => Err(ragged_error("reading all heads as one tensor")),
+    /// When heads hold different counts: only head-wise access ([`LayerCache::head`]) applies
+    /// then.
+    pub fn keys_values(&self) -> Result<Option<(Tensor<B, 4>, Tensor<B, 4>)>> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        self.dense_view()
+            .map(|kv| Some((kv.keys, kv.values)))
+            .ok_or_else(|| ragged_error("reading all heads as one tensor"))
+    }
+
+    /// All entries as one dense block when every head holds the same non-zero count.
+    fn dense_view(&self) -> Option<Kv<B>> {
+        self.entries(None, self.stored_rotation().as_ref(), Basis::True)
+    }
+
+    /// Keys and values of KV head `h` (`[1, 1, n_h, d]` each, quantized entries read back);
+    /// `None` if it holds nothing.
+    pub fn head(&self, h: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        self.entries(Some(h), self.stored_rotation().as_ref(), Basis::True)
+            .map(|kv| (kv.keys, kv.values))
+    }
+
+    /// The rotation quantized entries are stored under (see [`LayerCache::settle`]); `None`
+    /// when nothing is quantized or the group size is not a power of two.
+    fn stored_rotation(&self) -> Option<Tensor<B, 2>> {
+        if matches!(self.packed, Storage::Empty) {
+            return None;
+        }
+        self.rotation()
+    }
+
+    /// The block Walsh–Hadamard rotation of this cache's quantization groups, if any.
+    fn rotation(&self) -> Option<Tensor<B, 2>> {
+        let quantization = self.quantization?;
+        let (d, device) = match (&self.storage, &self.packed) {
+            (Storage::Dense(kv), _) => (kv.keys.dims()[3], kv.device()),
+            (_, Storage::Dense(p)) => (p.keys.dim(), p.device()),
+            (storage, packed) => match (storage.any(), packed.any()) {
+                (Some(kv), _) => (kv.keys.dims()[3], kv.device()),
+                (None, Some(p)) => (p.keys.dim(), p.device()),
+                (None, None) => return None,
+            },
+        };
+        let group = quantization.group_for(d).ok()?;
+        hadamard::<B>(d, group, &device)
+    }
+
+    /// Every entry of head `h`, or of all heads (`None`; only when they hold the same non-zero
+    /// count), quantized ones read back, in `basis`: quantized entries are stored rotated by
+    /// `rotation`, full-precision ones are not.
+    fn entries(
+        &self,
+        head: Option<usize>,
+        rotation: Option<&Tensor<B, 2>>,
+        basis: Basis,
+    ) -> Option<Kv<B>> {
+        let packed_view = |p: &PackedKv<B>| match basis {
+            Basis::Rotated => p.dequantize(),
+            Basis::True => rotated(p.dequantize(), rotation),
+        };
+        let full_view = |kv: Kv<B>| match basis {
+            Basis::Rotated => rotated(kv, rotation),
+            Basis::True => kv,
+        };
+        let join = |p: Option<Kv<B>>, f: Option<Kv<B>>| match (p, f) {
+            (Some(p), Some(f)) => Some(Kv::cat(vec![p, f], 2)),
+            (p, f) => p.or(f),
+        };
+        if let Some(h) = head {
+            return join(
+                self.packed.head(h).as_ref().map(packed_view),
+                self.storage.head(h).map(full_view),
+            );
+        }
+        match (&self.packed, &self.storage) {
+            (Storage::Empty, Storage::Dense(kv)) => Some(full_view(kv.clone())),
+            (Storage::Dense(p), Storage::Empty) => Some(packed_view(p)),
+            (Storage::Dense(p), Storage::Dense(kv)) => {
+                join(Some(packed_view(p)), Some(full_view(kv.clone())))
+            }
+            _ => {
+                let lens = self.tokens_per_head();
+                if lens.is_empty() || lens.iter().any(|&l| l == 0 || l != lens[0]) {
+                    return None;
+                }
+                let heads = (0..lens.len())
+                    .map(|h| self.entries(Some(h), rotation, basis))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Kv::cat(heads, 1))
+            }
         }
     }
 
-    /// Keys and values of KV head `h` (`[1, 1, n_h, d]` each); `None` if it holds nothing.
-    pub fn head(&self, h: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
-        self.storage.head(h)
-    }
-
     /// Appends `keys`/`values` (`[1, h_kv, s, d]`) for tokens at `positions` (`s` of them, the
-    /// same for every head).
+    /// same for every head). They stay in full precision until [`LayerCache::settle`].
     pub fn append(
         &mut self,
         keys: Tensor<B, 4>,
@@ -139,39 +518,21 @@ impl<B: Backend> LayerCache<B> {
                 detail: format!("cache of {} heads cannot take {h_kv}", self.positions.len()),
             });
         }
-        self.storage = match std::mem::replace(&mut self.storage, Storage::Empty) {
-            Storage::Empty => Storage::Dense(keys, values),
-            Storage::Dense(k, v) => {
-                if k.dims()[3] != d {
-                    let dims = k.dims();
-                    self.storage = Storage::Dense(k, v);
-                    return Err(CoreError::Shape {
-                        context: "LayerCache::append",
-                        detail: format!("cache {dims:?} cannot take {:?}", keys.dims()),
-                    });
-                }
-                Storage::Dense(
-                    Tensor::cat(vec![k, keys], 2),
-                    Tensor::cat(vec![v, values], 2),
-                )
-            }
-            Storage::Ragged(heads) => Storage::Ragged(
-                heads
-                    .into_iter()
-                    .enumerate()
-                    .map(|(h, head)| {
-                        let (nk, nv) =
-                            (keys.clone().narrow(1, h, 1), values.clone().narrow(1, h, 1));
-                        Some(match head {
-                            None => (nk, nv),
-                            Some((k, v)) => {
-                                (Tensor::cat(vec![k, nk], 2), Tensor::cat(vec![v, nv], 2))
-                            }
-                        })
-                    })
-                    .collect(),
-            ),
+        let held_d = match &self.storage {
+            Storage::Empty => None,
+            Storage::Dense(kv) => Some(kv.keys.dims()[3]),
+            Storage::Ragged(heads) => heads.iter().flatten().next().map(|kv| kv.keys.dims()[3]),
         };
+        if let Some(held) = held_d.filter(|&held| held != d) {
+            return Err(CoreError::Shape {
+                context: "LayerCache::append",
+                detail: format!(
+                    "cache of head dimension {held} cannot take {:?}",
+                    keys.dims()
+                ),
+            });
+        }
+        self.storage = self.storage.take().append(Kv { keys, values }, h_kv);
         if self.positions.is_empty() {
             self.positions = vec![Vec::new(); h_kv];
             self.origins = vec![Vec::new(); h_kv];
@@ -185,9 +546,83 @@ impl<B: Backend> LayerCache<B> {
         Ok(())
     }
 
-    /// Keeps, for every head `h`, the entries at cache indices `indices[h]` (in that order).
-    /// Equal counts give the dense layout; different counts the ragged one, which holds exactly
-    /// the kept entries.
+    /// Quantizes, in every head, the full-precision entries beyond the `residual` most recent
+    /// ones (entries pinned by [`KvCache::mark`] excepted). Does nothing without quantization.
+    /// The model calls it after the press of each forward, so nothing a press evicts is ever
+    /// quantized.
+    ///
+    /// # Errors
+    /// When the quantization's group size does not fit the head dimension.
+    pub fn settle(&mut self) -> Result<()> {
+        let Some(quantization) = self.quantization else {
+            return Ok(());
+        };
+        let heads = self.positions.len();
+        let full: Vec<usize> = (0..heads).map(|h| self.storage.head_len(h)).collect();
+        let pinned: Vec<usize> = (0..heads)
+            .map(|h| self.pinned.get(h).copied().unwrap_or(0).min(full[h]))
+            .collect();
+        let moved: Vec<usize> = (0..heads)
+            .map(|h| (full[h] - pinned[h]).saturating_sub(quantization.residual))
+            .collect();
+        if moved.iter().all(|&m| m == 0) {
+            return Ok(());
+        }
+        // checked before anything is moved
+        if let Some(kv) = self.storage.any() {
+            quantization.group_for(kv.keys.dims()[3])?;
+        }
+        let rotation = self.rotation();
+        let (p, m) = (pinned[0], moved[0]);
+        let uniform = pinned.iter().all(|&x| x == p) && moved.iter().all(|&x| x == m);
+        match self.storage.take() {
+            Storage::Dense(kv) if uniform => {
+                let quantized = PackedKv::quantize(
+                    rotated(kv.clone().narrow(2, p, m), rotation.as_ref()),
+                    &quantization,
+                )?;
+                self.storage = without(kv, p, m).map_or(Storage::Empty, Storage::Dense);
+                self.packed = self.packed.take().append(quantized, heads);
+            }
+            storage => {
+                let mut kept = Vec::with_capacity(heads);
+                let mut quantized = Vec::with_capacity(heads);
+                for h in 0..heads {
+                    let Some(kv) = storage.head(h) else {
+                        kept.push(None);
+                        quantized.push(None);
+                        continue;
+                    };
+                    let (p, m) = (pinned[h], moved[h]);
+                    if m == 0 {
+                        kept.push(Some(kv));
+                        quantized.push(None);
+                        continue;
+                    }
+                    quantized.push(Some(PackedKv::quantize(
+                        rotated(kv.clone().narrow(2, p, m), rotation.as_ref()),
+                        &quantization,
+                    )?));
+                    kept.push(without(kv, p, m));
+                }
+                self.storage = Storage::from_heads(kept);
+                self.packed = self.packed.take().append_heads(quantized, heads);
+            }
+        }
+        // the moved entries now come right after the head's earlier quantized ones
+        for h in 0..heads {
+            let start = self.packed.head_len(h) - moved[h];
+            let span = start..start + pinned[h] + moved[h];
+            self.positions[h][span.clone()].rotate_right(moved[h]);
+            self.origins[h][span].rotate_right(moved[h]);
+        }
+        Ok(())
+    }
+
+    /// Keeps, for every head `h`, the entries at cache indices `indices[h]` (in that order;
+    /// in a quantized cache the kept quantized entries come first). Equal counts give the
+    /// dense layout; different counts the ragged one, which holds exactly the kept entries.
+    /// Quantized entries are selected as they are, never requantized.
     pub fn keep(&mut self, indices: &[Vec<usize>]) -> Result<()> {
         let lens = self.tokens_per_head();
         if indices.len() != lens.len()
@@ -204,27 +639,31 @@ impl<B: Backend> LayerCache<B> {
                 ),
             });
         }
+        let quantized = self.quantized_per_head();
+        let mut from_packed: Vec<Vec<usize>> = Vec::with_capacity(indices.len());
+        let mut from_full: Vec<Vec<usize>> = Vec::with_capacity(indices.len());
+        for (idx, &q) in indices.iter().zip(&quantized) {
+            from_packed.push(idx.iter().copied().filter(|&i| i < q).collect());
+            from_full.push(idx.iter().filter(|&&i| i >= q).map(|&i| i - q).collect());
+        }
         let pick = |lists: &[Vec<usize>]| -> Vec<Vec<usize>> {
-            indices
-                .iter()
-                .zip(lists)
-                .map(|(idx, pos)| idx.iter().map(|&i| pos[i]).collect())
+            (0..lists.len())
+                .map(|h| {
+                    let q = quantized[h];
+                    let packed = from_packed[h].iter().map(|&i| lists[h][i]);
+                    packed
+                        .chain(from_full[h].iter().map(|&i| lists[h][q + i]))
+                        .collect()
+                })
                 .collect()
         };
-        let (positions, origins) = (pick(&self.positions), pick(&self.origins));
-        // One `select` per head then one concatenation: far cheaper on CPU backends than a
-        // gather with indices expanded over the head dimension.
-        let storage = std::mem::replace(&mut self.storage, Storage::Empty);
-        self.storage = ragged_or_dense(
-            (0..indices.len())
-                .map(|h| {
-                    let (k, v) = storage.head(h)?;
-                    select_entries(k, v, &indices[h])
-                })
-                .collect(),
-        );
-        self.positions = positions;
-        self.origins = origins;
+        self.positions = pick(&self.positions);
+        self.origins = pick(&self.origins);
+        if quantized.iter().any(|&q| q > 0) {
+            self.packed = self.packed.take().select(&from_packed);
+        }
+        self.storage = self.storage.take().select(&from_full);
+        self.pinned.clear();
         Ok(())
     }
 
@@ -246,23 +685,35 @@ impl<B: Backend> LayerCache<B> {
         f: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
     ) -> Result<()> {
         let what = if keys { "keys" } else { "values" };
-        match std::mem::replace(&mut self.storage, Storage::Empty) {
-            Storage::Dense(k, v) => {
-                let old = if keys { &k } else { &v };
+        if !matches!(self.packed, Storage::Empty) {
+            return Err(CoreError::Invalid {
+                name: "quantized cache",
+                detail: format!(
+                    "transforming quantized {what} would requantize them; presses that \
+                     transform keys or values act during prefill, before quantization"
+                ),
+            });
+        }
+        match self.storage.take() {
+            Storage::Dense(kv) => {
+                let old = if keys { &kv.keys } else { &kv.values };
                 let dims = old.dims();
                 let mapped = f(old.clone());
                 if mapped.dims() != dims {
-                    self.storage = Storage::Dense(k, v);
+                    self.storage = Storage::Dense(kv);
                     return Err(CoreError::Shape {
                         context: "LayerCache::map_keys/map_values",
                         detail: format!("{what} {dims:?} became {:?}", mapped.dims()),
                     });
                 }
-                self.storage = if keys {
-                    Storage::Dense(mapped, v)
+                self.storage = Storage::Dense(if keys {
+                    Kv { keys: mapped, ..kv }
                 } else {
-                    Storage::Dense(k, mapped)
-                };
+                    Kv {
+                        values: mapped,
+                        ..kv
+                    }
+                });
                 Ok(())
             }
             Storage::Empty => Ok(()),
@@ -305,133 +756,174 @@ impl<B: Backend> LayerCache<B> {
     /// Keeps the first `lens[h]` entries of every head `h` (drops a question and its answer).
     /// Heads already shorter are left as they are; the next position is not changed.
     pub fn truncate(&mut self, lens: &[usize]) {
-        let lens: Vec<usize> = self
-            .positions
-            .iter()
-            .enumerate()
-            .map(|(h, p)| lens.get(h).copied().unwrap_or(p.len()).min(p.len()))
-            .collect();
-        if lens.iter().zip(&self.positions).all(|(&l, p)| l == p.len()) {
-            return;
-        }
-        for (head, &len) in self.positions.iter_mut().zip(&lens) {
-            head.truncate(len);
-        }
-        for (head, &len) in self.origins.iter_mut().zip(&lens) {
-            head.truncate(len);
-        }
-        self.storage = match std::mem::replace(&mut self.storage, Storage::Empty) {
-            Storage::Empty => Storage::Empty,
-            _ if lens.iter().all(|&l| l == 0) => Storage::Empty,
-            Storage::Dense(k, v) if lens.iter().all(|&l| l == lens[0]) => {
-                Storage::Dense(k.narrow(2, 0, lens[0]), v.narrow(2, 0, lens[0]))
-            }
-            storage => {
-                let heads = (0..lens.len())
-                    .map(|h| {
-                        let (k, v) = storage.head(h)?;
-                        (lens[h] > 0).then(|| (k.narrow(2, 0, lens[h]), v.narrow(2, 0, lens[h])))
-                    })
-                    .collect();
-                ragged_or_dense(heads)
-            }
-        };
+        let quantized = self.quantized_per_head();
+        let parts = (0..self.positions.len())
+            .map(|h| {
+                let len = lens.get(h).copied().unwrap_or(usize::MAX);
+                (len.min(quantized[h]), len.saturating_sub(quantized[h]))
+            })
+            .collect::<Vec<_>>();
+        self.truncate_parts(&parts);
     }
 
-    /// Bytes held by the key and value tensors (element count × element size).
+    /// Keeps the first `parts[h].0` quantized and `parts[h].1` full-precision entries of every
+    /// head `h` (each at most what the head holds).
+    fn truncate_parts(&mut self, parts: &[(usize, usize)]) {
+        let heads = self.positions.len();
+        let mut packed_lens = Vec::with_capacity(heads);
+        let mut full_lens = Vec::with_capacity(heads);
+        for h in 0..heads {
+            let (q, f) = parts.get(h).copied().unwrap_or((usize::MAX, usize::MAX));
+            packed_lens.push(q.min(self.packed.head_len(h)));
+            full_lens.push(f.min(self.storage.head_len(h)));
+        }
+        let unchanged = (0..heads).all(|h| {
+            packed_lens[h] == self.packed.head_len(h) && full_lens[h] == self.storage.head_len(h)
+        });
+        if unchanged {
+            return;
+        }
+        for h in 0..heads {
+            let (q, f, held_q) = (packed_lens[h], full_lens[h], self.packed.head_len(h));
+            for list in [&mut self.positions[h], &mut self.origins[h]] {
+                list.truncate(held_q + f);
+                list.drain(q..held_q);
+            }
+        }
+        self.packed = self.packed.take().truncate(&packed_lens);
+        self.storage = self.storage.take().truncate(&full_lens);
+        for (pin, &f) in self.pinned.iter_mut().zip(&full_lens) {
+            *pin = (*pin).min(f);
+        }
+    }
+
+    /// Bytes held by the key and value tensors (element count × element size), quantized
+    /// codes, scales and zero-points included.
     pub fn bytes(&self) -> usize {
-        match &self.storage {
+        self.storage.bytes() + self.packed.bytes()
+    }
+
+    /// Bytes the entries would hold unquantized (equal to [`LayerCache::bytes`] without
+    /// quantization).
+    pub fn unquantized_bytes(&self) -> usize {
+        let packed = match &self.packed {
             Storage::Empty => 0,
-            Storage::Dense(k, v) => tensor_bytes(k) + tensor_bytes(v),
+            Storage::Dense(p) => p.keys.unquantized_bytes() + p.values.unquantized_bytes(),
             Storage::Ragged(heads) => heads
                 .iter()
                 .flatten()
-                .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
+                .map(|p| p.keys.unquantized_bytes() + p.values.unquantized_bytes())
                 .sum(),
-        }
+        };
+        self.storage.bytes() + packed
     }
 
     /// Causal grouped-query attention of `q` (`[1, h_q, s, d]`, at `q_positions`) over this
-    /// cache; each query head reads only its own KV head's entries. Returns `[1, h_q, s, d]`.
+    /// cache; each query head reads only its own KV head's entries (quantized entries are read
+    /// back for this call only). Returns `[1, h_q, s, d]`.
     pub fn attend(
         &self,
         q: Tensor<B, 4>,
         q_positions: &[usize],
         options: &AttentionOptions,
     ) -> Result<Tensor<B, 4>> {
-        match &self.storage {
-            Storage::Empty => Err(CoreError::Invalid {
+        if self.is_empty() {
+            return Err(CoreError::Invalid {
                 name: "cache",
                 detail: "attention over an empty layer cache".into(),
-            }),
-            Storage::Dense(k, v) => chunked_attention(
-                q,
-                k.clone(),
-                v.clone(),
-                q_positions,
-                &self.positions,
-                options,
-            ),
-            Storage::Ragged(heads) => {
-                let [_, h_q, _, _] = q.dims();
-                let h_kv = heads.len();
-                if h_kv == 0 || h_q % h_kv != 0 {
-                    return Err(CoreError::Shape {
-                        context: "LayerCache::attend",
-                        detail: format!("{h_q} query heads over {h_kv} KV heads"),
-                    });
-                }
-                let g = h_q / h_kv;
-                let outputs = heads
-                    .iter()
-                    .enumerate()
-                    .map(|(h, head)| {
-                        let Some((k, v)) = head else {
-                            return Err(CoreError::Invalid {
-                                name: "cache",
-                                detail: format!("KV head {h} holds no entry to attend to"),
-                            });
-                        };
-                        chunked_attention(
-                            q.clone().narrow(1, h * g, g),
-                            k.clone(),
-                            v.clone(),
-                            q_positions,
-                            std::slice::from_ref(&self.positions[h]),
-                            options,
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(outputs, 1))
-            }
+            });
         }
+        // over quantized entries, attention runs in their rotated basis: q·k is unchanged by
+        // an orthogonal rotation of both, and the output is rotated back (the rotation is its
+        // own inverse), so only the queries, the full-precision window and the output turn
+        let rotation = self.stored_rotation();
+        let r = rotation.as_ref();
+        let q = match r {
+            Some(r) => rotate(q, r),
+            None => q,
+        };
+        let unrotate = |out: Tensor<B, 4>| match r {
+            Some(r) => rotate(out, r),
+            None => out,
+        };
+        if let Some(kv) = self.entries(None, r, Basis::Rotated) {
+            return chunked_attention(q, kv.keys, kv.values, q_positions, &self.positions, options)
+                .map(unrotate);
+        }
+        let [_, h_q, _, _] = q.dims();
+        let h_kv = self.positions.len();
+        if h_kv == 0 || h_q % h_kv != 0 {
+            return Err(CoreError::Shape {
+                context: "LayerCache::attend",
+                detail: format!("{h_q} query heads over {h_kv} KV heads"),
+            });
+        }
+        let g = h_q / h_kv;
+        let outputs = (0..h_kv)
+            .map(|h| {
+                let Some(kv) = self.entries(Some(h), r, Basis::Rotated) else {
+                    return Err(CoreError::Invalid {
+                        name: "cache",
+                        detail: format!("KV head {h} holds no entry to attend to"),
+                    });
+                };
+                chunked_attention(
+                    q.clone().narrow(1, h * g, g),
+                    kv.keys,
+                    kv.values,
+                    q_positions,
+                    std::slice::from_ref(&self.positions[h]),
+                    options,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(unrotate(Tensor::cat(outputs, 1)))
     }
 }
 
-/// Entries `indices` of one head's keys/values (`[1, 1, n, d]`); `None` when none is kept.
-fn select_entries<B: Backend>(k: Tensor<B, 4>, v: Tensor<B, 4>, indices: &[usize]) -> HeadKv<B> {
-    if indices.is_empty() {
-        return None;
-    }
-    let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [indices.len()]), &k.device());
-    Some((k.select(2, idx.clone()), v.select(2, idx)))
+/// The basis cache entries are read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// The keys and values as the model computed them.
+    True,
+    /// Rotated by the cache's quantization rotation (attention over quantized entries).
+    Rotated,
 }
 
-/// Per-head tensors joined into the dense layout when every head holds the same non-zero count.
-fn ragged_or_dense<B: Backend>(heads: Vec<HeadKv<B>>) -> Storage<B> {
-    let lens: Vec<Option<usize>> = heads
-        .iter()
-        .map(|h| h.as_ref().map(|(k, _)| k.dims()[2]))
-        .collect();
-    if lens.iter().all(Option::is_none) {
-        return Storage::Empty;
+/// `kv` (`[1, h, n, d]`) rotated along the channels (unchanged without a rotation).
+fn rotated<B: Backend>(kv: Kv<B>, rotation: Option<&Tensor<B, 2>>) -> Kv<B> {
+    match rotation {
+        None => kv,
+        Some(r) => Kv {
+            keys: rotate(kv.keys, r),
+            values: rotate(kv.values, r),
+        },
     }
-    if lens.iter().all(|l| l.is_some() && *l == lens[0]) {
-        let (ks, vs): (Vec<_>, Vec<_>) = heads.into_iter().flatten().unzip();
-        return Storage::Dense(Tensor::cat(ks, 1), Tensor::cat(vs, 1));
+}
+
+/// `x` (`[a, b, c, d]`) times `rotation` (`[d, d]`).
+fn rotate<B: Backend>(x: Tensor<B, 4>, rotation: &Tensor<B, 2>) -> Tensor<B, 4> {
+    let [a, b, c, d] = x.dims();
+    x.reshape([a * b * c, d])
+        .matmul(rotation.clone())
+        .reshape([a, b, c, d])
+}
+
+/// `kv` (`[1, h, n, d]`) without its entries `start..start + len`; `None` if nothing is left.
+fn without<B: Backend>(kv: Kv<B>, start: usize, len: usize) -> Option<Kv<B>> {
+    let rest = kv.len() - start - len;
+    match (start, rest) {
+        (0, 0) => None,
+        (0, _) => Some(kv.narrow(2, len, rest)),
+        (_, 0) => Some(kv.narrow(2, 0, start)),
+        _ => Some(Kv::cat(
+            vec![
+                kv.clone().narrow(2, 0, start),
+                kv.narrow(2, start + len, rest),
+            ],
+            2,
+        )),
     }
-    Storage::Ragged(heads)
 }
 
 fn ragged_error(what: &str) -> CoreError {
@@ -471,7 +963,8 @@ fn tensor_bytes<B: Backend>(t: &Tensor<B, 4>) -> usize {
 /// The state [`KvCache::rollback`] returns to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheMark {
-    lengths: Vec<Vec<usize>>,
+    /// `[layer][head]`: (quantized, full-precision) entries.
+    lengths: Vec<Vec<(usize, usize)>>,
     next_positions: Vec<usize>,
 }
 
@@ -484,8 +977,16 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
+        Self::with_quantization(num_layers, None)
+    }
+
+    /// An empty cache for `num_layers` layers quantizing as `quantization` says (none: full
+    /// precision).
+    pub fn with_quantization(num_layers: usize, quantization: Option<KvQuantization>) -> Self {
         Self {
-            layers: (0..num_layers).map(|_| LayerCache::default()).collect(),
+            layers: (0..num_layers)
+                .map(|_| LayerCache::with_quantization(quantization))
+                .collect(),
         }
     }
 
@@ -533,22 +1034,35 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// A mark to [`KvCache::rollback`] to: every head's length and every layer's next position.
-    pub fn mark(&self) -> CacheMark {
+    /// In a quantized cache it also pins the full-precision entries held now, so that what is
+    /// appended later never pushes them into quantized storage and a rollback restores the
+    /// cache exactly (every question sees the same context cache).
+    pub fn mark(&mut self) -> CacheMark {
+        let mut lengths = Vec::with_capacity(self.layers.len());
+        for layer in &mut self.layers {
+            let heads = layer.positions.len();
+            layer.pinned = (0..heads).map(|h| layer.storage.head_len(h)).collect();
+            lengths.push(
+                (0..heads)
+                    .map(|h| (layer.packed.head_len(h), layer.storage.head_len(h)))
+                    .collect(),
+            );
+        }
         CacheMark {
-            lengths: self.tokens_per_head(),
+            lengths,
             next_positions: self.layers.iter().map(LayerCache::next_position).collect(),
         }
     }
 
     /// Drops everything appended since `mark` was taken (a question and its answer).
     pub fn rollback(&mut self, mark: &CacheMark) {
-        for ((layer, lens), &next) in self
+        for ((layer, parts), &next) in self
             .layers
             .iter_mut()
             .zip(&mark.lengths)
             .zip(&mark.next_positions)
         {
-            layer.truncate(lens);
+            layer.truncate_parts(parts);
             layer.next_position = next;
         }
     }
@@ -556,6 +1070,11 @@ impl<B: Backend> KvCache<B> {
     /// Bytes really held by all layers.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(LayerCache::bytes).sum()
+    }
+
+    /// Bytes all layers would hold unquantized.
+    pub fn unquantized_bytes(&self) -> usize {
+        self.layers.iter().map(LayerCache::unquantized_bytes).sum()
     }
 }
 
@@ -743,6 +1262,154 @@ mod tests {
                 .max()
                 .into_scalar();
             assert!(diff < 1e-6, "head {h}: {diff}");
+        }
+    }
+
+    fn quantized(bits: crate::quant::KvBits, residual: usize) -> Option<KvQuantization> {
+        Some(KvQuantization {
+            bits,
+            group_size: 8,
+            residual,
+        })
+    }
+
+    fn random(h: usize, n: usize, d: usize) -> Tensor<B, 4> {
+        Tensor::<B, 4>::random(
+            [1, h, n, d],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        )
+    }
+
+    fn max_abs(t: Tensor<B, 4>) -> f32 {
+        t.abs().max().into_scalar()
+    }
+
+    #[test]
+    fn settle_quantizes_all_but_the_residual_window() {
+        use crate::quant::KvBits;
+        let (h, n, d) = (2, 20, 16);
+        let (k, v) = (random(h, n, d), random(h, n, d));
+        let mut cache = LayerCache::<B>::with_quantization(quantized(KvBits::Int8, 6));
+        let positions: Vec<usize> = (0..n).collect();
+        cache
+            .append(k.clone(), v.clone(), &positions)
+            .expect("append");
+        assert_eq!(
+            cache.bytes(),
+            2 * h * n * d * 4,
+            "nothing quantized before settle"
+        );
+        cache.settle().expect("settle");
+        assert_eq!(cache.quantized_per_head(), vec![14, 14]);
+        assert_eq!(cache.positions()[1], positions);
+        // 14 quantized entries: d one-byte codes, d/8 f16 scales and zero-points; 6 in f32
+        let per_entry = d + 2 * (d / 8) * 2;
+        assert_eq!(cache.bytes(), 2 * h * (14 * per_entry + 6 * d * 4));
+        let (qk, qv) = cache.keys_values().expect("dense").expect("held");
+        // the residual window is exact, the rest within int8's error
+        let tail = |t: Tensor<B, 4>| t.narrow(2, 14, 6);
+        assert_eq!(max_abs(tail(qk.clone()) - tail(k.clone())), 0.0);
+        assert!(max_abs(qk - k) < 0.02 && max_abs(qv - v) < 0.02);
+        // a new token joins the window and pushes the oldest full-precision entry out
+        let (nk, nv) = (random(h, 1, d), random(h, 1, d));
+        cache.append(nk, nv, &[n]).expect("append");
+        cache.settle().expect("settle");
+        assert_eq!(cache.quantized_per_head(), vec![15, 15]);
+        assert_eq!(cache.tokens_per_head(), vec![21, 21]);
+    }
+
+    #[test]
+    fn attention_reads_the_quantized_entries_back() {
+        use crate::quant::KvBits;
+        let (h_kv, g, n, d) = (2, 2, 30, 16);
+        let (k, v) = (random(h_kv, n, d), random(h_kv, n, d));
+        let positions: Vec<usize> = (0..n).collect();
+        let mut full = LayerCache::<B>::default();
+        full.append(k.clone(), v.clone(), &positions)
+            .expect("append");
+        let q = random(h_kv * g, 1, d);
+        let opts = AttentionOptions::new(0.25);
+        let exact = full.attend(q.clone(), &[n - 1], &opts).expect("attend");
+        for (bits, tolerance) in [(KvBits::Int8, 0.02), (KvBits::Int4, 0.3)] {
+            let mut cache = LayerCache::<B>::with_quantization(quantized(bits, 4));
+            cache
+                .append(k.clone(), v.clone(), &positions)
+                .expect("append");
+            cache.settle().expect("settle");
+            let got = cache.attend(q.clone(), &[n - 1], &opts).expect("attend");
+            // equal to attention over the read-back entries, close to the unquantized one
+            let (rk, rv) = cache.keys_values().expect("dense").expect("held");
+            let want = chunked_attention(q.clone(), rk, rv, &[n - 1], cache.positions(), &opts)
+                .expect("reference");
+            assert!(max_abs(got.clone() - want) < 1e-6, "{bits}");
+            let err = max_abs(got - exact.clone());
+            assert!(err < tolerance, "{bits}: {err}");
+        }
+    }
+
+    #[test]
+    fn evicting_quantized_entries_selects_their_codes_as_they_are() {
+        use crate::quant::KvBits;
+        let (h, n, d) = (3, 24, 16);
+        let (k, v) = (random(h, n, d), random(h, n, d));
+        let mut cache = LayerCache::<B>::with_quantization(quantized(KvBits::Int4, 8));
+        let positions: Vec<usize> = (0..n).collect();
+        cache.append(k, v, &positions).expect("append");
+        cache.settle().expect("settle");
+        let (before, _) = cache.keys_values().expect("dense").expect("held");
+        let bytes = cache.bytes();
+        // heads keep different numbers of quantized and full-precision entries
+        let kept = vec![vec![0, 5, 20, 23], vec![1, 2, 3, 4, 18], vec![22]];
+        cache.keep(&kept).expect("keep");
+        assert_eq!(cache.quantized_per_head(), vec![2, 4, 0]);
+        assert!(cache.bytes() < bytes / 3);
+        for (head, idx) in kept.iter().enumerate() {
+            let (got, _) = cache.head(head).expect("kept");
+            let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            let ids =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &got.device());
+            let want = before.clone().narrow(1, head, 1).select(2, ids);
+            assert_eq!(max_abs(got - want), 0.0, "head {head}: codes untouched");
+            assert_eq!(cache.positions()[head], *idx);
+        }
+        assert!(cache.map_keys(|k| k).is_err(), "no requantizing transform");
+    }
+
+    #[test]
+    fn rollback_restores_a_quantized_context_exactly() {
+        use crate::quant::KvBits;
+        let (h, n, d) = (2, 16, 16);
+        let mut cache = KvCache::<B>::with_quantization(1, quantized(KvBits::Int8, 4));
+        let layer = cache.layer_mut(0).expect("layer");
+        let positions: Vec<usize> = (0..n).collect();
+        layer
+            .append(random(h, n, d), random(h, n, d), &positions)
+            .expect("append");
+        layer.settle().expect("settle");
+        let (context, _) = layer.keys_values().expect("dense").expect("held");
+        let bytes = cache.bytes();
+        let mark = cache.mark();
+        for question in 0..2 {
+            // a 10-token question: without the pin it would push the context's window out
+            let layer = cache.layer_mut(0).expect("layer");
+            let q_pos: Vec<usize> = (n..n + 10).collect();
+            layer
+                .append(random(h, 10, d), random(h, 10, d), &q_pos)
+                .expect("append");
+            layer.settle().expect("settle");
+            assert_eq!(
+                layer.quantized_per_head(),
+                vec![12 + 6, 12 + 6],
+                "question {question}"
+            );
+            assert_eq!(layer.tokens_per_head(), vec![26, 26]);
+            cache.rollback(&mark);
+            let layer = cache.layer(0).expect("layer");
+            assert_eq!(layer.positions()[0], positions);
+            let (back, _) = layer.keys_values().expect("dense").expect("held");
+            assert_eq!(max_abs(back - context.clone()), 0.0);
+            assert_eq!(cache.bytes(), bytes);
         }
     }
 }

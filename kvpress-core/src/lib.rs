@@ -5,6 +5,8 @@
 //! - [`cache`]: the per-layer key/value cache with the original position of every kept entry,
 //!   dense or ragged (heads keeping different counts hold exactly their entries), and
 //!   [`cache::KvCache::bytes`] reporting what it really holds;
+//! - [`quant`]: int8/int4/int2 storage of cache entries (per-token groups, f16 scale and
+//!   zero-point), read back on the fly by attention;
 //! - [`rope`]: rotary position embeddings in the Hugging Face half-split layout, with the
 //!   `linear`, `llama3` and `yarn` scalings;
 //! - [`attention`]: grouped-query attention computed in query chunks, so that no `n × n` score
@@ -19,6 +21,7 @@ pub mod attention;
 pub mod cache;
 pub mod error;
 pub mod press;
+pub mod quant;
 pub mod rope;
 
 pub use cache::{CacheMark, KvCache, LayerCache};
@@ -27,4 +30,5 @@ pub use press::{
     AttentionWeights, HostScores, LayerInputs, Press, Scorer, ScorerPress, host_scores,
     keep_top_scored, top_k_flattened, top_scored_indices,
 };
+pub use quant::{KvBits, KvQuantization, Quantized, hadamard};
 pub use rope::{RopeScaling, RotaryEmbedding};

@@ -419,7 +419,7 @@ pub fn keep_top_scored<B: Backend, S: Scorer<B> + ?Sized>(
     let Some((keys, values)) = cache.keys_values()? else {
         return Ok(());
     };
-    let kept = top_scored_indices(scorer, inputs, keys, values, budget)?;
+    let kept = top_scored_indices(scorer, inputs, &keys, &values, budget)?;
     cache.keep(&kept)
 }
 

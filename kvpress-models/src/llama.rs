@@ -6,7 +6,9 @@
 
 use burn::tensor::{Int, Tensor, TensorData, activation::silu, backend::Backend};
 use kvpress_core::attention::AttentionOptions;
-use kvpress_core::{AttentionWeights, KvCache, LayerCache, LayerInputs, Press, RotaryEmbedding};
+use kvpress_core::{
+    AttentionWeights, KvCache, KvQuantization, LayerCache, LayerInputs, Press, RotaryEmbedding,
+};
 
 use crate::config::{Architecture, LlamaConfig};
 use crate::error::{ModelError, Result};
@@ -339,6 +341,12 @@ impl<B: Backend> Llama<B> {
         KvCache::new(self.layers.len())
     }
 
+    /// A fresh cache with one slot per layer, quantizing as `quantization` says (none: full
+    /// precision).
+    pub fn new_cache_quantized(&self, quantization: Option<KvQuantization>) -> KvCache<B> {
+        KvCache::with_quantization(self.layers.len(), quantization)
+    }
+
     /// Runs `ids` at absolute `positions` through the decoder, appending their keys/values to
     /// `cache`, and returns the final-norm hidden states `[1, s, hidden]`.
     pub fn forward(
@@ -436,6 +444,8 @@ impl<B: Backend> Llama<B> {
                     press.compress_decoding(&inputs, layer_cache)?;
                 }
             }
+            // quantize (if the cache does) only what the press kept
+            layer_cache.settle()?;
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h);
         }

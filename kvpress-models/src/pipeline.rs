@@ -28,7 +28,7 @@ use kvpress_core::error::{CoreError, Result as CoreResult};
 use std::sync::Mutex;
 
 use kvpress_core::press::{ContextModel, LayerInputs, TimedPress};
-use kvpress_core::{KvCache, LayerCache, Press};
+use kvpress_core::{KvCache, KvQuantization, LayerCache, Press};
 
 use crate::ChatMessage;
 use crate::error::{ModelError, Result};
@@ -126,6 +126,7 @@ pub struct Pipeline<'a, B: Backend> {
     model: &'a Llama<B>,
     tokenizer: &'a TextTokenizer,
     eos_token_ids: Vec<u32>,
+    quantization: Option<KvQuantization>,
 }
 
 impl<'a, B: Backend> Pipeline<'a, B> {
@@ -135,7 +136,21 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             model,
             tokenizer,
             eos_token_ids,
+            quantization: None,
         }
+    }
+
+    /// Stores the context's cache quantized as `quantization` says (none: full precision).
+    /// Presses still score and evict on full-precision entries: each layer is quantized after
+    /// its press.
+    pub fn with_kv_quantization(mut self, quantization: Option<KvQuantization>) -> Self {
+        self.quantization = quantization;
+        self
+    }
+
+    /// A fresh cache for the model, quantized as this pipeline says.
+    fn new_cache(&self) -> KvCache<B> {
+        self.model.new_cache_quantized(self.quantization)
     }
 
     /// The chat template rendered on one user message `content` and generation prompt, split
@@ -238,7 +253,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         if let Some(p) = press {
             p.reset();
         }
-        let mut cache = self.model.new_cache();
+        let mut cache = self.new_cache();
         let positions: Vec<usize> = (0..context_ids.len()).collect();
         self.model.forward(
             context_ids,
@@ -342,6 +357,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         let timed: Vec<Option<TimedPress<'_, B>>> =
             presses.iter().map(|p| p.map(TimedPress::new)).collect();
         let shared = SharedPrefill {
+            quantization: self.quantization,
             members: timed
                 .iter()
                 .map(|t| {
@@ -350,7 +366,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
                     }
                     (
                         t.as_ref().map(|t| t as &dyn Press<B>),
-                        Mutex::new(self.model.new_cache()),
+                        Mutex::new(self.new_cache()),
                     )
                 })
                 .collect(),
@@ -433,10 +449,12 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         let entries = cache.entries();
         let full_entries =
             self.model.config().num_hidden_layers * self.model.config().num_kv_heads() * n;
+        // the full cache: every entry of every head, unquantized
         let uncompressed_bytes = if entries == 0 {
             0
         } else {
-            (cache_bytes as f64 / entries as f64 * full_entries as f64).round() as usize
+            (cache.unquantized_bytes() as f64 / entries as f64 * full_entries as f64).round()
+                as usize
         };
         let start = Instant::now();
         let answers = self.answer(prompt, &mut cache, max_new_tokens, press)?;
@@ -461,6 +479,8 @@ impl<'a, B: Backend> Pipeline<'a, B> {
 /// lets the member's press (if any) compress its copy.
 struct SharedPrefill<'a, B: Backend> {
     members: Vec<Member<'a, B>>,
+    /// How members quantize their compressed copies (the full cache stays unquantized).
+    quantization: Option<KvQuantization>,
 }
 
 /// A press of [`SharedPrefill`] (none: the full cache) and the cache it fills.
@@ -473,6 +493,8 @@ impl<B: Backend> Press<B> for SharedPrefill<'_, B> {
             if let Some(p) = press {
                 p.compress(inputs, &mut copy)?;
             }
+            copy.set_quantization(self.quantization);
+            copy.settle()?;
             let mut member = member.lock().map_err(|_| CoreError::Invalid {
                 name: "shared prefill",
                 detail: "a press panicked during the prefill".into(),

@@ -79,7 +79,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for AdaKv<S> {
         if self.compression_ratio == 0.0 {
             return Ok(());
         }
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         let n = keys.dims()[2];

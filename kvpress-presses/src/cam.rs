@@ -125,7 +125,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Cam<B, S> {
     ) -> Result<()> {
         check_positive("compression_interval", self.compression_interval)?;
         check_positive("target_size", self.target_size)?;
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         let [_, h_kv, n, d] = keys.dims();

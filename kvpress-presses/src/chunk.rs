@@ -40,7 +40,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Chunk<S> {
             return Ok(());
         }
         check_positive("chunk_length", self.chunk_length)?;
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         let [_, h_kv, n, _] = keys.dims();

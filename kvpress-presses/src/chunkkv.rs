@@ -41,7 +41,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for ChunkKv<S> {
         if self.compression_ratio == 0.0 {
             return Ok(());
         }
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         let [_, h_kv, n, _] = keys.dims();

@@ -196,7 +196,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Decoding<B, S> {
         if buffer.steps < self.compression_interval && inputs.positions.len() < target {
             return Ok(());
         }
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         if keys.dims()[2] <= target {

@@ -100,7 +100,7 @@ impl<S> Dms<S> {
 
 impl<B: Backend, S: Scorer<B>> Press<B> for Dms<S> {
     fn compress(&self, inputs: &LayerInputs<'_, B>, cache: &mut LayerCache<B>) -> Result<()> {
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         let (keys, values) = (keys.clone(), values.clone());

@@ -97,7 +97,7 @@ impl<B: Backend> Press<B> for Finch {
                 });
             }
         };
-        let Some((keys, _)) = cache.keys_values()? else {
+        let Some((ref keys, _)) = cache.keys_values()? else {
             return Ok(());
         };
         let n = keys.dims()[2];

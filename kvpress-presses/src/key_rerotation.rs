@@ -36,7 +36,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for KeyRerotation<S> {
         if self.compression_ratio == 0.0 {
             return Ok(());
         }
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         let kept = top_scored_indices(&self.scorer, inputs, keys, values, |n| {

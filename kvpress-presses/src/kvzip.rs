@@ -71,7 +71,7 @@ impl Probe {
         inputs: &LayerInputs<'_, B>,
         cache: &LayerCache<B>,
     ) -> Result<Vec<Vec<f32>>> {
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Err(CoreError::Invalid {
                 name: "kvzip",
                 detail: "the probe found an empty cache".into(),

@@ -148,7 +148,7 @@ impl<B: Backend, S: Scorer<B>> Press<B> for Merging<S> {
         if self.compression_ratio == 0.0 {
             return Ok(());
         }
-        let Some((keys, values)) = cache.keys_values()? else {
+        let Some((ref keys, ref values)) = cache.keys_values()? else {
             return Ok(());
         };
         let [_, h_kv, n, d] = keys.dims();

@@ -45,7 +45,7 @@ impl<B: Backend> Press<B> for SimLayerKv {
                 detail: "lazy_threshold must be in [0, 1] and n_recent above n_last".into(),
             });
         }
-        let Some((keys, _)) = cache.keys_values()? else {
+        let Some((ref keys, _)) = cache.keys_values()? else {
             return Ok(());
         };
         let [_, h_kv, n, d] = keys.dims();

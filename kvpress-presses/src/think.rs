@@ -42,7 +42,7 @@ impl<B: Backend> Press<B> for Think {
         if self.key_channel_compression_ratio == 0.0 {
             return Ok(());
         }
-        let Some((keys, _)) = cache.keys_values()? else {
+        let Some((ref keys, _)) = cache.keys_values()? else {
             return Ok(());
         };
         let [_, h_kv, _, d] = keys.dims();

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::backend::Flex;
-use kvpress_core::Press;
 use kvpress_core::press::TimedPress;
+use kvpress_core::{KvQuantization, Press};
 use kvpress_models::default_model::ensure_default_model;
 use kvpress_models::generate::argmax;
 use kvpress_models::llama::ForwardOptions;
@@ -64,6 +64,16 @@ pub struct BenchArgs {
     /// Skip the plots (drawn by `kvpress plot --bench`).
     #[arg(long)]
     no_plots: bool,
+    /// Cache storage formats to measure each configuration with: none (full precision),
+    /// int8, int4, int2.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    kv_quant: Vec<String>,
+    /// Channels per quantization group.
+    #[arg(long, default_value_t = 64)]
+    kv_group_size: usize,
+    /// Most recent entries per head kept in full precision.
+    #[arg(long, default_value_t = 128)]
+    kv_residual: usize,
 }
 
 /// The presses `cargo xtask bench` measures by default (the list).
@@ -91,6 +101,27 @@ pub struct WorkerArgs {
     compression_ratio: f64,
     #[arg(long)]
     ignore_max_position: bool,
+    #[arg(long)]
+    kv_quant: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    kv_group_size: usize,
+    #[arg(long, default_value_t = 128)]
+    kv_residual: usize,
+}
+
+impl WorkerArgs {
+    fn quantization(&self) -> anyhow::Result<Option<KvQuantization>> {
+        self.kv_quant
+            .as_deref()
+            .map(|f| {
+                Ok(KvQuantization {
+                    bits: f.parse()?,
+                    group_size: self.kv_group_size,
+                    residual: self.kv_residual,
+                })
+            })
+            .transpose()
+    }
 }
 
 /// What one worker measured.
@@ -117,6 +148,13 @@ pub struct Measurement {
     pub decode_tok_per_s: f64,
     /// Bytes held by the KV cache after prefill.
     pub cache_bytes_after_prefill: usize,
+    /// Cache storage: `int8_g64_r128`-style (none: full precision).
+    #[serde(default)]
+    pub kv_quant: Option<String>,
+    /// Bytes the same cache holds unquantized (equal to `cache_bytes_after_prefill` without
+    /// quantization).
+    #[serde(default)]
+    pub cache_bytes_unquantized: usize,
     /// Peak resident memory of the worker (VmHWM), KiB.
     pub peak_rss_kib: u64,
 }
@@ -161,8 +199,9 @@ fn prefill(
     model: &Llama<B>,
     ids: &[u32],
     press: Option<&dyn Press<B>>,
+    quantization: Option<KvQuantization>,
 ) -> anyhow::Result<(f64, f64, kvpress_core::KvCache<B>, Vec<f32>)> {
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_quantized(quantization);
     let positions: Vec<usize> = (0..ids.len()).collect();
     let timed = press.map(TimedPress::new);
     let options = ForwardOptions {
@@ -203,12 +242,13 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         .map(|expr| build::<B>(expr, Some(args.compression_ratio)))
         .transpose()
         .map_err(|e| anyhow::anyhow!("bad --press: {e}"))?;
-    prefill(&model, &ids[..128.min(ids.len())], None)?; // warm-up
+    let quantization = args.quantization()?;
+    prefill(&model, &ids[..128.min(ids.len())], None, quantization)?; // warm-up
     let mut times = Vec::with_capacity(args.reps);
     let mut press_times = Vec::with_capacity(args.reps);
     let mut last = None;
     for _ in 0..args.reps.max(1) {
-        let (s, p, cache, logits) = prefill(&model, &ids, press.as_deref())?;
+        let (s, p, cache, logits) = prefill(&model, &ids, press.as_deref(), quantization)?;
         times.push(s);
         press_times.push(p);
         last = Some((cache, logits));
@@ -217,6 +257,7 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         bail!("no repetition ran");
     };
     let cache_bytes = cache.bytes();
+    let cache_bytes_unquantized = cache.unquantized_bytes();
     let mut next = argmax(&logits);
     let start = Instant::now();
     for step in 0..args.decode_tokens {
@@ -235,6 +276,8 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         decode_tokens: args.decode_tokens,
         decode_tok_per_s: args.decode_tokens as f64 / decode_s,
         cache_bytes_after_prefill: cache_bytes,
+        kv_quant: quantization.map(|q| format!("{}_g{}_r{}", q.bits, q.group_size, q.residual)),
+        cache_bytes_unquantized,
         peak_rss_kib: peak_rss_kib(),
     };
     println!("{}", serde_json::to_string(&m)?);
@@ -247,6 +290,9 @@ fn workspace_root() -> PathBuf {
 
 /// The reference's name of a press configuration (timing.json measures three at 0.5).
 fn reference_name(m: &Measurement) -> Option<String> {
+    if m.kv_quant.is_some() {
+        return None;
+    }
     let Some(press) = &m.press else {
         return Some("none".into());
     };
@@ -299,6 +345,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for p in &presses {
         build::<B>(p, Some(ratios[0])).map_err(|e| anyhow::anyhow!("bad --press: {e}"))?;
     }
+    let formats: Vec<Option<&str>> = args
+        .kv_quant
+        .iter()
+        .map(|f| match f.as_str() {
+            "none" => Ok(None),
+            f => f
+                .parse::<kvpress_core::KvBits>()
+                .map(|_| Some(f))
+                .map_err(|e| anyhow::anyhow!("bad --kv-quant: {e}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let mut results = Vec::new();
     let configs: Vec<Option<(&String, f64)>> = std::iter::once(None)
@@ -308,11 +365,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 .flat_map(|p| ratios.iter().map(move |&r| Some((p, r)))),
         )
         .collect();
-    for (&length, config) in lengths
-        .iter()
-        .flat_map(|l| configs.iter().map(move |c| (l, c)))
-    {
-        let label = config.map_or("no press".to_string(), |(p, r)| format!("{p} @ {r}"));
+    let mut runs = Vec::new();
+    for length in &lengths {
+        for config in &configs {
+            for format in &formats {
+                runs.push((length, config, format));
+            }
+        }
+    }
+    for (&length, config, format) in runs {
+        let mut label = config.map_or("no press".to_string(), |(p, r)| format!("{p} @ {r}"));
+        if let Some(f) = format {
+            label.push_str(&format!(", {f} cache"));
+        }
         eprintln!(
             "bench: {length} tokens, {label} ({reps} prefill reps, {decode} decode steps)..."
         );
@@ -329,6 +394,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         if args.ignore_max_position {
             command.arg("--ignore-max-position");
+        }
+        if let Some(f) = format {
+            command
+                .args(["--kv-quant", f])
+                .args(["--kv-group-size", &args.kv_group_size.to_string()])
+                .args(["--kv-residual", &args.kv_residual.to_string()]);
         }
         let output = command.output().context("starting a bench worker")?;
         if !output.status.success() {
@@ -417,7 +488,7 @@ fn report(
     let doc = json!({"model": model, "machine": machine(), "results": results});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     let mut csv = String::from(
-        "length,press,compression_ratio,prefill_tok_per_s,decode_tok_per_s,press_overhead,cache_bytes,peak_rss_kib,ref_prefill_tok_per_s,ref_decode_tok_per_s,ref_press_overhead\n",
+        "length,press,compression_ratio,kv_quant,prefill_tok_per_s,decode_tok_per_s,press_overhead,cache_bytes,cache_bytes_unquantized,peak_rss_kib,ref_prefill_tok_per_s,ref_decode_tok_per_s,ref_press_overhead\n",
     );
     println!(
         "{:>7} {:<28} {:>11} {:>10} {:>9} {:>10} {:>9} | {:>11} {:>10} {:>9} {:>8} {:>8}",
@@ -438,9 +509,12 @@ fn report(
         let r = reference.and_then(|r| reference_for(r, "2", m));
         let (rp, rd, ro) = r.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         let overhead = median(&m.press_s) / median(&m.prefill_s);
-        let label = m.press.as_ref().map_or("none".to_string(), |p| {
+        let mut label = m.press.as_ref().map_or("none".to_string(), |p| {
             format!("{p} @ {}", m.compression_ratio)
         });
+        if let Some(q) = &m.kv_quant {
+            label.push_str(&format!(" +{}", q.split('_').next().unwrap_or(q)));
+        }
         println!(
             "{:>7} {:<28} {:>11.1} {:>10.2} {:>8.1}% {:>10.1} {:>9.0} | {:>11.1} {:>10.2} {:>8.1}% {:>8.2} {:>8.2}",
             m.length,
@@ -457,14 +531,16 @@ fn report(
             m.decode_tok_per_s / rd
         );
         csv.push_str(&format!(
-            "{},{},{},{:.3},{:.3},{:.5},{},{},{:.3},{:.3},{:.5}\n",
+            "{},{},{},{},{:.3},{:.3},{:.5},{},{},{},{:.3},{:.3},{:.5}\n",
             m.length,
             m.press.as_deref().unwrap_or("none").replace(',', ";"),
             m.compression_ratio,
+            m.kv_quant.as_deref().unwrap_or("none"),
             m.prefill_tok_per_s,
             m.decode_tok_per_s,
             overhead,
             m.cache_bytes_after_prefill,
+            m.cache_bytes_unquantized,
             m.peak_rss_kib,
             rp,
             rd,

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use kvpress_core::Press;
+use kvpress_core::{KvQuantization, Press};
 use kvpress_models::pipeline::{Output, Pipeline, Request};
 use kvpress_models::tokenizer::TextTokenizer;
 use serde_json::{Map, Value, json};
@@ -85,6 +85,8 @@ pub struct EvalOptions {
     pub output_dir: PathBuf,
     /// Recompute finished runs.
     pub overwrite: bool,
+    /// Quantized cache storage (none: full precision).
+    pub kv_quantization: Option<KvQuantization>,
 }
 
 /// One (press, ratio) of the sweep.
@@ -118,7 +120,9 @@ pub fn run(model_path: Option<&Path>, opts: &EvalOptions, json_out: bool) -> any
     let files = model::open(model_path)?;
     let model_name = files.name.clone();
     let llama = model::load(&files)?;
-    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone());
+    let pipe = Pipeline::new(&llama, &files.tokenizer, files.eos_token_ids.clone())
+        .with_kv_quantization(opts.kv_quantization);
+    let kv_quant = opts.kv_quantization.map(|q| kv_quant_label(&q));
 
     let samples = load_samples(data, &files.tokenizer)?;
     let groups = group_by_context(&samples, opts.query_aware)?;
@@ -138,6 +142,7 @@ pub fn run(model_path: Option<&Path>, opts: &EvalOptions, json_out: bool) -> any
             query_aware: opts.query_aware,
             needle_depths: (data.dataset == "needle_in_haystack")
                 .then_some(data.needle_depths.as_slice()),
+            kv_quant: kv_quant.as_deref(),
         }
         .dir_name();
         let dir = RunDir::new(&opts.output_dir, &name);
@@ -537,6 +542,11 @@ fn answer_group(
         .collect())
 }
 
+/// A quantized cache in a results directory name: `kv_int4_g64_r128`.
+fn kv_quant_label(q: &KvQuantization) -> String {
+    format!("kv_{}_g{}_r{}", q.bits, q.group_size, q.residual)
+}
+
 /// Writes a finished run's predictions, metrics and configuration.
 fn finish_run(
     run: &Run,
@@ -585,6 +595,11 @@ fn finish_run(
     put("max_new_tokens", json!(opts.max_new_tokens));
     put("max_context_length", json!(data.max_context_length));
     put("query_aware", json!(opts.query_aware));
+    if let Some(q) = &opts.kv_quantization {
+        put("kv_quant", json!(q.bits.to_string()));
+        put("kv_group_size", json!(q.group_size));
+        put("kv_residual", json!(q.residual));
+    }
     if data.dataset == "needle_in_haystack" {
         put("needle_depth", json!(data.needle_depths));
     }

@@ -216,7 +216,11 @@ fn scan(root: &Path) -> anyhow::Result<Vec<Finished>> {
                 dataset,
                 data_dir: text("data_dir"),
                 model: text("model"),
-                press: text("press_name"),
+                // a quantized cache is its own line: "knorm + int4"
+                press: match text("kv_quant") {
+                    q if q.is_empty() => text("press_name"),
+                    q => format!("{} + {q}", text("press_name")),
+                },
                 ratio,
                 max_context_length: c.get("max_context_length").and_then(Value::as_u64),
             });
@@ -444,6 +448,24 @@ struct BenchPoint {
     decode_tok_per_s: f64,
     cache_bytes_after_prefill: usize,
     peak_rss_kib: u64,
+    #[serde(default)]
+    kv_quant: Option<String>,
+}
+
+impl BenchPoint {
+    /// The line this point belongs to: the press, with the cache format when quantized
+    /// (`knorm + int4`, `no press + int8`); `None` for the uncompressed full-precision run.
+    fn series(&self) -> Option<String> {
+        let format = self
+            .kv_quant
+            .as_deref()
+            .map(|q| q.split('_').next().unwrap_or(q));
+        match (self.press.as_deref(), format) {
+            (None, None) => None,
+            (Some(p), None) => Some(p.to_string()),
+            (p, Some(f)) => Some(format!("{} + {f}", p.unwrap_or("no press"))),
+        }
+    }
 }
 
 /// The figures of a `cargo xtask bench` run (`bench.json`): peak memory against context length
@@ -467,14 +489,14 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
         .to_string();
     let mib = |b: f64| b / (1u64 << 20) as f64;
     let mut written = Vec::new();
-    let baseline: Vec<&BenchPoint> = points.iter().filter(|p| p.press.is_none()).collect();
-    let presses: std::collections::BTreeSet<&str> =
-        points.iter().filter_map(|p| p.press.as_deref()).collect();
+    let baseline: Vec<&BenchPoint> = points.iter().filter(|p| p.series().is_none()).collect();
+    let presses: std::collections::BTreeSet<String> =
+        points.iter().filter_map(BenchPoint::series).collect();
 
     // peak memory against length: per press, a line per ratio
     for press in presses
         .iter()
-        .copied()
+        .map(String::as_str)
         .chain(presses.is_empty().then_some("none"))
     {
         let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -484,7 +506,10 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
                 .or_default()
                 .push((p.length as f64, p.peak_rss_kib as f64 / 1024.0));
         }
-        for p in points.iter().filter(|p| p.press.as_deref() == Some(press)) {
+        for p in points
+            .iter()
+            .filter(|p| p.series().as_deref() == Some(press))
+        {
             lines
                 .entry(format!("ratio {:.2}", p.compression_ratio))
                 .or_default()
@@ -522,11 +547,10 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
             ),
         ] {
             let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-            for p in points
-                .iter()
-                .filter(|p| p.length == length && p.press.is_some())
-            {
-                let name = p.press.clone().unwrap_or_default();
+            for p in points.iter().filter(|p| p.length == length) {
+                let Some(name) = p.series() else {
+                    continue;
+                };
                 lines
                     .entry(name)
                     .or_default()

@@ -2,8 +2,8 @@
 //!
 //! One directory per (dataset, data_dir, model, press, ratio, options):
 //! `<output>/<dataset>__<data_dir>__<model>__<press>__<ratio:.2f>[__fraction…][__max_context…]
-//! [__query_aware][__needle_depth…]/` holding `predictions.csv` (every column but the context),
-//! `metrics.json` and `config.yaml`. A run is complete when `predictions.csv` and
+//! [__query_aware][__needle_depth…][__kv_int8_g64_r128]/` holding `predictions.csv` (every
+//! column but the context), `metrics.json` and `config.yaml`. A run is complete when `predictions.csv` and
 //! `metrics.json` exist (kvpress's skip rule). Until then, each answered context group is
 //! appended to `partial.jsonl`, so an interrupted run resumes where it stopped.
 
@@ -49,6 +49,8 @@ pub struct RunName<'a> {
     pub query_aware: bool,
     /// Needle depths (needle_in_haystack only).
     pub needle_depths: Option<&'a [u32]>,
+    /// Quantized cache storage (`kv_int8_g64_r128`), if any.
+    pub kv_quant: Option<&'a str>,
 }
 
 impl RunName<'_> {
@@ -73,6 +75,9 @@ impl RunName<'_> {
         if let Some(depths) = self.needle_depths {
             let list: Vec<String> = depths.iter().map(u32::to_string).collect();
             parts.push(format!("needle_depth{}", list.join("-")));
+        }
+        if let Some(q) = self.kv_quant {
+            parts.push(q.to_string());
         }
         parts.join("__")
     }
@@ -331,6 +336,7 @@ mod tests {
             max_context_length: None,
             query_aware: false,
             needle_depths: None,
+            kv_quant: None,
         };
         assert_eq!(
             name.dir_name(),
@@ -343,6 +349,7 @@ mod tests {
             max_context_length: Some(2048),
             query_aware: true,
             needle_depths: Some(&[0, 50]),
+            kv_quant: None,
             ..name
         };
         assert_eq!(
