@@ -157,9 +157,18 @@ impl<B: Backend> Quantized<B> {
         }
         let dtype = float_dtype(&x);
         let levels = bits.max_code();
-        let grouped = x.reshape([b * h, n, d / group, group]);
-        let low = grouped.clone().min_dim(3).clamp(-F16_MAX, F16_MAX);
-        let high = grouped.clone().max_dim(3).clamp(-F16_MAX, F16_MAX);
+        let (rows, groups) = (b * h * n, d / group);
+        let grouped = x.reshape([rows, groups, group]);
+        let low = grouped
+            .clone()
+            .min_dim(2)
+            .reshape([rows, groups])
+            .clamp(-F16_MAX, F16_MAX);
+        let high = grouped
+            .clone()
+            .max_dim(2)
+            .reshape([rows, groups])
+            .clamp(-F16_MAX, F16_MAX);
         let zeros = low.cast(FloatDType::F16);
         let zero = zeros.clone().cast(dtype);
         let scales = (high - zero.clone())
@@ -168,24 +177,26 @@ impl<B: Backend> Quantized<B> {
             .cast(FloatDType::F16);
         let scale = scales.clone().cast(dtype);
         let divisor = scale.clone().mask_fill(scale.lower_equal_elem(0.0), 1.0);
-        let codes = (grouped - zero)
-            .div(divisor)
+        let spread = group_expansion::<B>(groups, group, &grouped.device());
+        let codes = (grouped.reshape([rows, d]) - zero.matmul(spread.clone()))
+            .div(divisor.matmul(spread))
             .round()
-            .clamp(0.0, levels)
-            .reshape([b * h, n, d / per_byte, per_byte]);
+            .clamp(0.0, levels);
+        // planar packing: bits j of byte i hold channel j·(d / per_byte) + i
+        let plane = d / per_byte;
         let packed = (0..per_byte)
             .map(|j| {
                 codes
                     .clone()
-                    .narrow(3, j, 1)
+                    .narrow(1, j * plane, plane)
                     .mul_scalar((1u32 << (bits.bits() * j)) as f32)
             })
             .reduce(|a, c| a + c)
             .unwrap_or(codes);
         Ok(Self {
-            codes: packed.reshape([b, h, n, d / per_byte]).cast(IntDType::U8),
-            scales: scales.reshape([b, h, n, d / group]),
-            zeros: zeros.reshape([b, h, n, d / group]),
+            codes: packed.reshape([b, h, n, plane]).cast(IntDType::U8),
+            scales: scales.reshape([b, h, n, groups]),
+            zeros: zeros.reshape([b, h, n, groups]),
             bits,
             group,
             dtype,
@@ -194,44 +205,52 @@ impl<B: Backend> Quantized<B> {
 
     /// The entries in the dtype they were quantized from, `[1, h, n, d]`.
     pub fn dequantize(&self) -> Tensor<B, 4> {
-        let [b, h, n, packed] = self.codes.dims();
+        let [b, h, n, plane] = self.codes.dims();
         let per_byte = self.bits.codes_per_byte();
-        let d = packed * per_byte;
-        let bytes = self.codes.clone().cast(self.dtype);
+        let (rows, d) = (b * h * n, plane * per_byte);
+        let bytes = self.codes.clone().cast(self.dtype).reshape([rows, plane]);
         let codes = if per_byte == 1 {
             bytes
         } else {
-            // digit j of a byte c: ⌊c / 2^(bits·j)⌋ − 2^bits · ⌊c / 2^(bits·(j+1))⌋, exact in
-            // floating point for c < 256
+            // digit j of a byte c: ⌊c / 2^(bits·j)⌋ − 2^bits · ⌊c / 2^(bits·(j+1))⌋ (the last
+            // digit is ⌊c / 2^(bits·j)⌋ itself), exact in floating point for c < 256
             let width = self.bits.bits();
-            let shifted: Vec<Tensor<B, 4>> = (0..=per_byte)
-                .map(|j| {
-                    bytes
+            let shifted: Vec<Tensor<B, 2>> = (0..per_byte)
+                .map(|j| match j {
+                    0 => bytes.clone(),
+                    _ => bytes
                         .clone()
                         .div_scalar((1u32 << (width * j)) as f32)
-                        .floor()
+                        .floor(),
                 })
                 .collect();
-            let digits: Vec<Tensor<B, 4>> = (0..per_byte)
-                .map(|j| {
-                    shifted[j].clone() - shifted[j + 1].clone().mul_scalar((1u32 << width) as f32)
+            let digits: Vec<Tensor<B, 2>> = (0..per_byte)
+                .map(|j| match shifted.get(j + 1) {
+                    Some(next) => {
+                        shifted[j].clone() - next.clone().mul_scalar((1u32 << width) as f32)
+                    }
+                    None => shifted[j].clone(),
                 })
                 .collect();
-            Tensor::stack::<5>(digits, 4).reshape([b, h, n, d])
+            Tensor::cat(digits, 1)
         };
         let groups = d / self.group;
-        let grouped = codes.reshape([b * h, n, groups, self.group]);
+        // per-group scale and zero spread over their channels by a matmul: far faster on CPU
+        // backends than a broadcast multiply
+        let spread = group_expansion::<B>(groups, self.group, &codes.device());
         let scale = self
             .scales
             .clone()
             .cast(self.dtype)
-            .reshape([b * h, n, groups, 1]);
+            .reshape([rows, groups])
+            .matmul(spread.clone());
         let zero = self
             .zeros
             .clone()
             .cast(self.dtype)
-            .reshape([b * h, n, groups, 1]);
-        (grouped * scale + zero).reshape([b, h, n, d])
+            .reshape([rows, groups])
+            .matmul(spread);
+        (codes * scale + zero).reshape([b, h, n, d])
     }
 
     /// The largest error [`Quantized::dequantize`] may make on each group,
@@ -368,6 +387,15 @@ pub fn hadamard<B: Backend>(d: usize, group: usize, device: &B::Device) -> Optio
         })
         .collect();
     Some(Tensor::from_data(TensorData::new(data, [d, d]), device))
+}
+
+/// `[groups, groups · group]`: row `k` is one on the channels of group `k`.
+fn group_expansion<B: Backend>(groups: usize, group: usize, device: &B::Device) -> Tensor<B, 2> {
+    let d = groups * group;
+    let data: Vec<f32> = (0..groups * d)
+        .map(|i| if (i % d) / group == i / d { 1.0 } else { 0.0 })
+        .collect();
+    Tensor::from_data(TensorData::new(data, [groups, d]), device)
 }
 
 /// The float dtype of `x` (f32 when the backend reports something else).
