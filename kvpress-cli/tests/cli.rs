@@ -93,6 +93,57 @@ fn generate_answers_from_a_head_wise_compressed_context_as_kvpress() {
 }
 
 #[test]
+fn a_quantized_cache_holds_its_codes_and_answers() {
+    let (model, dir, golden) = press_setup();
+    let context = dir.path().join("context.txt");
+    let context = context.to_str().expect("utf-8");
+    let question = golden["question"].as_str().expect("question");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--model",
+            &model,
+            "generate",
+            "--context-file",
+            context,
+            "--question",
+            question,
+            "--press",
+            "knorm",
+            "--compression-ratio",
+            "0.5",
+            "--max-new-tokens",
+            "24",
+        ];
+        args.extend_from_slice(extra);
+        kvpress(&args)
+    };
+    let out = json_of(&run(&["--kv-quant", "int8", "--json"]));
+    assert_eq!(
+        out["answers"][0],
+        golden["results"]["KnormPress"]["0.5"]["answer"]
+    );
+    assert_eq!(out["kv_quant"]["format"], "int8");
+    // 643 entries per head: the last 128 in f32, the others as 64 one-byte codes and an f16
+    // scale and zero-point per 64 channels (256 bytes in f32)
+    let bytes = out["cache"]["bytes"].as_f64().expect("bytes");
+    let full = out["cache"]["bytes_uncompressed"].as_f64().expect("bytes");
+    let expected = ((643.0 - 128.0) * 68.0 / 256.0 + 128.0) / 1287.0;
+    assert!((bytes / full - expected).abs() < 1e-9, "{bytes} / {full}");
+
+    for (extra, code, expected) in [
+        (&["--kv-quant", "int3"][..], 2, "int3"),
+        (&["--kv-quant", "int8", "--kv-group-size", "48"][..], 1, "group"),
+        (&["--kv-group-size", "32"][..], 2, "--kv-quant"),
+    ] {
+        let out = run(extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {err}");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
 fn inspect_shows_the_positions_kvpress_keeps() {
     let (model, dir, golden) = press_setup();
     let context = dir.path().join("context.txt");

@@ -909,21 +909,17 @@ fn rotate<B: Backend>(x: Tensor<B, 4>, rotation: &Tensor<B, 2>) -> Tensor<B, 4> 
         .reshape([a, b, c, d])
 }
 
-/// `kv` (`[1, h, n, d]`) without its entries `start..start + len`; `None` if nothing is left.
+/// `kv` (`[1, h, n, d]`) without its entries `start..start + len`, in a buffer of its own (a
+/// narrowed view would keep the whole original buffer alive); `None` if nothing is left.
 fn without<B: Backend>(kv: Kv<B>, start: usize, len: usize) -> Option<Kv<B>> {
-    let rest = kv.len() - start - len;
-    match (start, rest) {
-        (0, 0) => None,
-        (0, _) => Some(kv.narrow(2, len, rest)),
-        (_, 0) => Some(kv.narrow(2, 0, start)),
-        _ => Some(Kv::cat(
-            vec![
-                kv.clone().narrow(2, 0, start),
-                kv.narrow(2, start + len, rest),
-            ],
-            2,
-        )),
+    let n = kv.len();
+    let kept: Vec<i64> = (0..start).chain(start + len..n).map(|i| i as i64).collect();
+    if kept.is_empty() {
+        return None;
     }
+    let count = kept.len();
+    let indices = Tensor::<B, 1, Int>::from_data(TensorData::new(kept, [count]), &kv.device());
+    Some(kv.select(indices))
 }
 
 fn ragged_error(what: &str) -> CoreError {

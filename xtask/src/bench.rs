@@ -269,7 +269,11 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let m = Measurement {
         length: args.length,
         press: args.press.clone(),
-        compression_ratio: args.compression_ratio,
+        compression_ratio: if args.press.is_some() {
+            args.compression_ratio
+        } else {
+            0.0
+        },
         press_s: press_times,
         prefill_tok_per_s: args.length as f64 / median(&times),
         prefill_s: times,

@@ -253,7 +253,8 @@ pub struct LineChart<'a> {
     pub y_desc: &'a str,
     /// One named line each, points sorted by x.
     pub series: &'a [(String, Vec<(f64, f64)>)],
-    /// A dashed horizontal line (label, y), also prepended to every line at x = 0.
+    /// A dashed horizontal line (label, y), also prepended at x = 0 to every line without a
+    /// point there.
     pub baseline: Option<(&'a str, f64)>,
     /// Fixed y range (default: 0 to the largest value + 10%).
     pub y_range: Option<(f64, f64)>,
@@ -332,7 +333,9 @@ impl LineChart<'_> {
         for (i, (name, points)) in self.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let mut points = points.clone();
-            if let Some((_, b)) = self.baseline {
+            if let Some((_, b)) = self.baseline
+                && points.first().is_none_or(|p| p.0 != 0.0)
+            {
                 points.insert(0, (0.0, b));
             }
             chart
@@ -453,24 +456,29 @@ struct BenchPoint {
 }
 
 impl BenchPoint {
-    /// The line this point belongs to: the press, with the cache format when quantized
-    /// (`knorm + int4`, `no press + int8`); `None` for the uncompressed full-precision run.
-    fn series(&self) -> Option<String> {
-        let format = self
-            .kv_quant
+    /// The cache format of a quantized run (`int4`); `None` in full precision.
+    fn format(&self) -> Option<&str> {
+        self.kv_quant
             .as_deref()
-            .map(|q| q.split('_').next().unwrap_or(q));
-        match (self.press.as_deref(), format) {
-            (None, None) => None,
-            (Some(p), None) => Some(p.to_string()),
-            (p, Some(f)) => Some(format!("{} + {f}", p.unwrap_or("no press"))),
-        }
+            .map(|q| q.split('_').next().unwrap_or(q))
+    }
+
+    /// The line of a press run: the press, with the cache format when quantized
+    /// (`knorm + int4`); `None` without a press.
+    fn series(&self) -> Option<String> {
+        let press = self.press.as_deref()?;
+        Some(match self.format() {
+            None => press.to_string(),
+            Some(f) => format!("{press} + {f}"),
+        })
     }
 }
 
 /// The figures of a `cargo xtask bench` run (`bench.json`): peak memory against context length
-/// (one figure per press, a line per ratio, no press as ratio 0), and decode tokens/s and cache
-/// MiB against compression ratio (one figure per context length, a line per press).
+/// (one figure per press and cache format, a line per ratio, the same format without a press as
+/// `no press`), and decode tokens/s and cache MiB against compression ratio (one figure per
+/// context length, a line per press and format, starting at x = 0 from the same format's run
+/// without a press; the full-precision run without a press dashed).
 pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(bench_json)
         .with_context(|| format!("reading {}", bench_json.display()))?;
@@ -489,27 +497,35 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
         .to_string();
     let mib = |b: f64| b / (1u64 << 20) as f64;
     let mut written = Vec::new();
-    let baseline: Vec<&BenchPoint> = points.iter().filter(|p| p.series().is_none()).collect();
+    // runs without a press, by cache format: each format's reference
+    let unpressed = |format: Option<&str>| -> Vec<&BenchPoint> {
+        points
+            .iter()
+            .filter(|p| p.press.is_none() && p.format() == format)
+            .collect()
+    };
     let presses: std::collections::BTreeSet<String> =
         points.iter().filter_map(BenchPoint::series).collect();
 
-    // peak memory against length: per press, a line per ratio
+    // peak memory against length: per press and format, a line per ratio
     for press in presses
         .iter()
         .map(String::as_str)
         .chain(presses.is_empty().then_some("none"))
     {
+        let runs: Vec<&BenchPoint> = points
+            .iter()
+            .filter(|p| p.series().as_deref() == Some(press))
+            .collect();
+        let format = runs.first().and_then(|p| p.format());
         let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        for p in &baseline {
+        for p in unpressed(format) {
             lines
                 .entry("no press".into())
                 .or_default()
                 .push((p.length as f64, p.peak_rss_kib as f64 / 1024.0));
         }
-        for p in points
-            .iter()
-            .filter(|p| p.series().as_deref() == Some(press))
-        {
+        for p in runs {
             lines
                 .entry(format!("ratio {:.2}", p.compression_ratio))
                 .or_default()
@@ -530,10 +546,14 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
         written.extend(chart.write(&out_dir.join(stem))?);
     }
 
-    // decode speed and cache size against ratio: per length, a line per press
+    // decode speed and cache size against ratio: per length, a line per press and format
     let lengths: std::collections::BTreeSet<usize> = points.iter().map(|p| p.length).collect();
     for &length in &lengths {
-        let none = baseline.iter().find(|p| p.length == length);
+        let reference = |format: Option<&str>| {
+            unpressed(format)
+                .into_iter()
+                .find(|p| p.length == length)
+        };
         for (what, y_desc, value) in [
             (
                 "decode",
@@ -551,10 +571,13 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
                 let Some(name) = p.series() else {
                     continue;
                 };
-                lines
-                    .entry(name)
-                    .or_default()
-                    .push((p.compression_ratio, value(p)));
+                let line = lines.entry(name).or_default();
+                if line.is_empty()
+                    && let Some(start) = p.format().and_then(|f| reference(Some(f)))
+                {
+                    line.push((0.0, value(start)));
+                }
+                line.push((p.compression_ratio, value(p)));
             }
             let series = sorted_series(lines);
             let title = format!("{y_desc} at {length} tokens — {model}");
@@ -563,7 +586,7 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
                 x_desc: "compression ratio",
                 y_desc,
                 series: &series,
-                baseline: none.map(|p| ("no press", value(p))),
+                baseline: reference(None).map(|p| ("no press", value(p))),
                 y_range: None,
                 legend: SeriesLabelPosition::LowerLeft,
             };

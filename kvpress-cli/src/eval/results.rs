@@ -357,6 +357,11 @@ mod tests {
             "needle_in_haystack__HuggingFaceTB--SmolLM2-135M-Instruct__knorm__0.50__\
              fraction0.250__max_context2048__query_aware__needle_depth0-50"
         );
+        let quantized = RunName {
+            kv_quant: Some("kv_int4_g64_r128"),
+            ..name
+        };
+        assert!(quantized.dir_name().ends_with("needle_depth0-50__kv_int4_g64_r128"));
         assert_eq!(
             press_dir_name(Some("adakv(expected_attention(epsilon = 0.01))")),
             "adakv(expected_attention(epsilon=0.01))"
