@@ -132,7 +132,11 @@ fn a_quantized_cache_holds_its_codes_and_answers() {
 
     for (extra, code, expected) in [
         (&["--kv-quant", "int3"][..], 2, "int3"),
-        (&["--kv-quant", "int8", "--kv-group-size", "48"][..], 1, "group"),
+        (
+            &["--kv-quant", "int8", "--kv-group-size", "48"][..],
+            1,
+            "group",
+        ),
         (&["--kv-group-size", "32"][..], 2, "--kv-quant"),
     ] {
         let out = run(extra);

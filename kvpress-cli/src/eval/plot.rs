@@ -549,11 +549,8 @@ pub fn plot_bench(bench_json: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathB
     // decode speed and cache size against ratio: per length, a line per press and format
     let lengths: std::collections::BTreeSet<usize> = points.iter().map(|p| p.length).collect();
     for &length in &lengths {
-        let reference = |format: Option<&str>| {
-            unpressed(format)
-                .into_iter()
-                .find(|p| p.length == length)
-        };
+        let reference =
+            |format: Option<&str>| unpressed(format).into_iter().find(|p| p.length == length);
         for (what, y_desc, value) in [
             (
                 "decode",

@@ -361,7 +361,11 @@ mod tests {
             kv_quant: Some("kv_int4_g64_r128"),
             ..name
         };
-        assert!(quantized.dir_name().ends_with("needle_depth0-50__kv_int4_g64_r128"));
+        assert!(
+            quantized
+                .dir_name()
+                .ends_with("needle_depth0-50__kv_int4_g64_r128")
+        );
         assert_eq!(
             press_dir_name(Some("adakv(expected_attention(epsilon = 0.01))")),
             "adakv(expected_attention(epsilon=0.01))"
