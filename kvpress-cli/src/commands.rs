@@ -301,6 +301,7 @@ pub fn inspect(
     request: &Request,
     press_args: &PressArgs,
     layers: Option<&[usize]>,
+    html: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let Some(press) = build_press(press_args)? else {
@@ -326,6 +327,25 @@ pub fn inspect(
     let cache = pipe.prefill(&prompt.context_ids, Some(press.as_ref()));
     bar.finish_and_clear();
     let cache = cache?;
+    if let Some(path) = html {
+        let mut data = crate::report::kept_map(&files.tokenizer, &prompt.context_ids, &cache)?;
+        let config = llama.config();
+        let full = config.num_hidden_layers * config.num_kv_heads() * n;
+        let uncompressed = (cache.unquantized_bytes() as f64 / cache.entries().max(1) as f64
+            * full as f64)
+            .round() as usize;
+        if let serde_json::Value::Object(map) = &mut data {
+            map.insert("press".into(), json!(press_args.press));
+            map.insert("compression_ratio".into(), json!(press_args.compression_ratio));
+            map.insert("answer".into(), serde_json::Value::Null);
+            map.insert("answer_uncompressed".into(), serde_json::Value::Null);
+            map.insert("cache_bytes".into(), json!(cache.bytes()));
+            map.insert("cache_bytes_uncompressed".into(), json!(uncompressed));
+        }
+        std::fs::write(path, crate::report::standalone_page(&data)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     let mut rows = Vec::with_capacity(chosen.len());
     for &l in &chosen {
         let layer = cache
@@ -364,25 +384,34 @@ pub fn inspect(
 }
 
 /// `kvpress presses`: the catalogue.
-pub fn presses(json: bool) -> anyhow::Result<()> {
-    let kind = |k: Kind| match k {
+fn kind_name(k: Kind) -> &'static str {
+    match k {
         Kind::Scorer => "scorer",
         Kind::Wrapper => "wrapper",
         Kind::Press => "press",
-    };
+    }
+}
+
+/// `{"presses": [{"name", "kind", "summary", "params": [{"name", "default", "doc"}]}]}`.
+pub fn catalogue_json() -> serde_json::Value {
+    let list: Vec<_> = CATALOGUE
+        .iter()
+        .map(|p| {
+            let params: Vec<_> = p
+                .params
+                .iter()
+                .map(|q| json!({"name": q.name, "default": q.default, "doc": q.doc}))
+                .collect();
+            json!({"name": p.name, "kind": kind_name(p.kind), "summary": p.summary, "params": params})
+        })
+        .collect();
+    json!({ "presses": list })
+}
+
+pub fn presses(json: bool) -> anyhow::Result<()> {
+    let kind = kind_name;
     if json {
-        let list: Vec<_> = CATALOGUE
-            .iter()
-            .map(|p| {
-                let params: Vec<_> = p
-                    .params
-                    .iter()
-                    .map(|q| json!({"name": q.name, "default": q.default, "doc": q.doc}))
-                    .collect();
-                json!({"name": p.name, "kind": kind(p.kind), "summary": p.summary, "params": params})
-            })
-            .collect();
-        return print_json(&json!({ "presses": list }));
+        return print_json(&catalogue_json());
     }
     for p in CATALOGUE {
         let usage = match p.kind {

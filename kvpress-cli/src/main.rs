@@ -5,6 +5,8 @@ mod commands;
 mod eval;
 mod input;
 mod model;
+mod report;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -245,7 +247,25 @@ enum Command {
         /// Keep only the first N context tokens.
         #[arg(long, value_name = "N")]
         max_context_length: Option<usize>,
+        /// Also write the picture of what was kept (the web page of `kvpress serve`, with this
+        /// run's data embedded) to this HTML file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
+    /// An OpenAI-compatible HTTP server that compresses each request's context, with a web page
+    /// to explore presses at `/`.
+    ///
+    /// `POST /v1/chat/completions` and `/v1/completions` (OpenAI's format, `"stream": true` for
+    /// server-sent events) take kvpress extensions: `"press"`, `"compression_ratio"`,
+    /// `"kv_quant"` and `"context_id"`. In a chat, every message but the last is the context
+    /// (compressed); the last user message is the question (never compressed). `POST
+    /// /v1/contexts` compresses a context once and returns an id that later requests name to ask
+    /// about it. `GET /v1/models`, `/v1/presses`, `/health`, `/metrics` (Prometheus).
+    #[command(after_help = "Example:\n  \
+        kvpress serve --port 8080 &\n  \
+        curl -s localhost:8080/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\", \"content\": \"<long text>\"}, \
+        {\"role\": \"user\", \"content\": \"What is it about?\"}], \"press\": \"snapkv\", \"compression_ratio\": 0.5}'")]
+    Serve(serve::ServeArgs),
     /// Every press: what it does, its parameters and their defaults.
     Presses,
     /// Measure the artefacts of `expected_attention_stats` or `duo_attention` on a text corpus.
@@ -480,6 +500,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             press,
             layers,
             max_context_length,
+            html,
         } => {
             let text = input::read_text(&context.context, &context.context_file)?
                 .ok_or_else(|| anyhow::anyhow!("give a --context-file or --context"))?;
@@ -490,9 +511,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &request,
                 &press,
                 layers.as_deref(),
+                html.as_deref(),
                 json,
             )
         }
+        Command::Serve(args) => serve::run(cli.model.as_deref(), &args),
         Command::Presses => commands::presses(json),
         Command::Calibrate(args) => commands::calibrate(cli.model.as_deref(), &args, json),
         Command::Convert { gguf, out_dir } => commands::convert(&gguf, &out_dir, json),

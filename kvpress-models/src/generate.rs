@@ -171,6 +171,31 @@ pub fn continue_generation<B: Backend>(
     forward: &ForwardOptions<'_, B>,
     keep_step_logits: bool,
 ) -> Result<Generation> {
+    continue_generation_with(
+        model,
+        cache,
+        tokens,
+        start,
+        options,
+        forward,
+        keep_step_logits,
+        &mut |_| true,
+    )
+}
+
+/// [`continue_generation`] calling `on_token` with every generated token as soon as it is
+/// chosen; generation stops early (the token kept) when `on_token` returns false (a client gone).
+#[allow(clippy::too_many_arguments)]
+pub fn continue_generation_with<B: Backend>(
+    model: &Llama<B>,
+    cache: &mut KvCache<B>,
+    tokens: &[u32],
+    start: usize,
+    options: &GenerationOptions,
+    forward: &ForwardOptions<'_, B>,
+    keep_step_logits: bool,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Generation> {
     let positions: Vec<usize> = (start..start + tokens.len()).collect();
     let hidden = model.forward(tokens, &positions, cache, forward)?;
     let prompt_logits = model.last_logits(hidden)?;
@@ -194,7 +219,8 @@ pub fn continue_generation<B: Backend>(
         let first_is_exempt = options.first_token_never_stops && out.tokens.len() == 1;
         let may_stop = !(options.ignore_eos || first_is_exempt);
         let stop = may_stop && options.eos_token_ids.contains(&next);
-        if stop || out.tokens.len() >= options.max_new_tokens {
+        let wanted = on_token(next);
+        if stop || !wanted || out.tokens.len() >= options.max_new_tokens {
             break;
         }
         let hidden = model.forward(&[next], &[pos], cache, forward)?;
