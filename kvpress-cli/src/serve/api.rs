@@ -117,6 +117,9 @@ pub struct ChatRequest {
     pub max_tokens: Option<usize>,
     #[serde(default)]
     pub stream: bool,
+    /// Generate `max_tokens` even past the end-of-sequence token (vLLM's extension).
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(flatten)]
     pub compression: Compression,
 }
@@ -133,6 +136,9 @@ pub struct CompletionRequest {
     pub max_tokens: Option<usize>,
     #[serde(default)]
     pub stream: bool,
+    /// Generate `max_tokens` even past the end-of-sequence token (vLLM's extension).
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(flatten)]
     pub compression: Compression,
 }

@@ -43,6 +43,8 @@ pub struct GenerateJob {
     /// The question; none: the model continues after the context.
     pub question: Option<String>,
     pub max_tokens: usize,
+    /// Generate `max_tokens` even past the end-of-sequence token.
+    pub ignore_eos: bool,
     pub compression: Compression,
 }
 
@@ -480,6 +482,7 @@ impl Engine {
             max_new_tokens: job.max_tokens,
             eos_token_ids: self.files.eos_token_ids.clone(),
             first_token_never_stops: true,
+            ignore_eos: job.ignore_eos,
             ..Default::default()
         };
         // a decoding-time press keeps compressing while the answer is generated

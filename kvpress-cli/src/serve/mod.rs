@@ -299,6 +299,7 @@ async fn chat(
         context,
         question: Some(question),
         max_tokens: req.max_tokens.unwrap_or(state.default_max_tokens),
+        ignore_eos: req.ignore_eos,
         compression: req.compression,
     };
     generate(state, job, req.stream, Flavor::Chat).await
@@ -313,6 +314,7 @@ async fn completions(
         context: req.prompt.unwrap_or_default(),
         question: req.question,
         max_tokens: req.max_tokens.unwrap_or(state.default_max_tokens),
+        ignore_eos: req.ignore_eos,
         compression: req.compression,
     };
     if job.context.trim().is_empty() && job.compression.context_id.is_none() {
