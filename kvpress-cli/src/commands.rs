@@ -336,7 +336,10 @@ pub fn inspect(
             .round() as usize;
         if let serde_json::Value::Object(map) = &mut data {
             map.insert("press".into(), json!(press_args.press));
-            map.insert("compression_ratio".into(), json!(press_args.compression_ratio));
+            map.insert(
+                "compression_ratio".into(),
+                json!(press_args.compression_ratio),
+            );
             map.insert("answer".into(), serde_json::Value::Null);
             map.insert("answer_uncompressed".into(), serde_json::Value::Null);
             map.insert("cache_bytes".into(), json!(cache.bytes()));

@@ -78,6 +78,10 @@ mod tests {
     fn bitmasks_follow_kvpress_layout() {
         assert_eq!(bitmask_hex(&[0, 3, 9], 12), "0902");
         assert_eq!(bitmask_hex(&[], 3), "00");
-        assert_eq!(bitmask_hex(&[7, 40], 8), "80", "positions past the context are left out");
+        assert_eq!(
+            bitmask_hex(&[7, 40], 8),
+            "80",
+            "positions past the context are left out"
+        );
     }
 }

@@ -99,7 +99,10 @@ fn the_page_answers_and_draws_what_was_kept() {
     let _ = server.kill();
     let _ = server.wait();
     let dom = String::from_utf8_lossy(&run.expect("run chromium").stdout).to_string();
-    assert!(dom.contains("data-state=\"done\""), "the page did not finish: {dom:.2000}");
+    assert!(
+        dom.contains("data-state=\"done\""),
+        "the page did not finish: {dom:.2000}"
+    );
     assert_eq!(
         text_of(&dom, "answer"),
         golden["results"]["KnormPress"]["0.5"]["answer"]
@@ -110,7 +113,11 @@ fn the_page_answers_and_draws_what_was_kept() {
         text_of(&dom, "answer-uncompressed"),
         golden["no_press"]["answer"].as_str().expect("answer")
     );
-    assert!(text_of(&dom, "memory").contains("50% saved"), "{}", text_of(&dom, "memory"));
+    assert!(
+        text_of(&dom, "memory").contains("50% saved"),
+        "{}",
+        text_of(&dom, "memory")
+    );
     // one shaded span per context token, with how many heads kept it
     assert_eq!(dom.matches("class=\"tok\"").count(), 1287);
     assert!(dom.contains("kept by 90 of 90 heads") || dom.contains("of 90 heads"));

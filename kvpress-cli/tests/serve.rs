@@ -33,13 +33,10 @@ impl Server {
             .expect("start kvpress serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("first line");
-        let base = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("address")
-            .to_string();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("first line");
+        let base = line.trim().rsplit(' ').next().expect("address").to_string();
         assert!(base.starts_with("http://127.0.0.1:"), "{line}");
         Self { child, base }
     }
@@ -124,15 +121,23 @@ fn chat_completions_answer_as_kvpress_with_and_without_a_press_and_stream() {
 
     let (status, plain) = server.post("/v1/chat/completions", &pass_key_chat(&golden, json!({})));
     assert_eq!(status, 200, "{plain}");
-    assert_eq!(answer_of(&plain), golden["no_press"]["answer"].as_str().expect("answer"));
+    assert_eq!(
+        answer_of(&plain),
+        golden["no_press"]["answer"].as_str().expect("answer")
+    );
     assert_eq!(plain["usage"]["context_tokens"], 1287);
 
     let press = json!({"press": "knorm", "compression_ratio": 0.5});
-    let (status, knorm) = server.post("/v1/chat/completions", &pass_key_chat(&golden, press.clone()));
+    let (status, knorm) = server.post(
+        "/v1/chat/completions",
+        &pass_key_chat(&golden, press.clone()),
+    );
     assert_eq!(status, 200, "{knorm}");
     assert_eq!(
         answer_of(&knorm),
-        golden["results"]["KnormPress"]["0.5"]["answer"].as_str().expect("answer")
+        golden["results"]["KnormPress"]["0.5"]["answer"]
+            .as_str()
+            .expect("answer")
     );
     let usage = &knorm["usage"];
     assert_eq!(usage["kept_tokens"], 643.0);
@@ -190,7 +195,10 @@ fn chat_completions_answer_as_kvpress_with_and_without_a_press_and_stream() {
     );
     assert_eq!(status, 200, "{completion}");
     assert_eq!(completion["object"], "text_completion");
-    assert_eq!(completion["choices"][0]["text"].as_str(), Some(answer_of(&knorm)));
+    assert_eq!(
+        completion["choices"][0]["text"].as_str(),
+        Some(answer_of(&knorm))
+    );
 
     let (status, models) = server.get("/v1/models");
     assert_eq!(status, 200);
@@ -227,7 +235,9 @@ fn a_stored_context_answers_two_questions() {
     assert_eq!(status, 200, "{first}");
     assert_eq!(
         answer_of(&first),
-        golden["results"]["KnormPress"]["0.5"]["answer"].as_str().expect("answer")
+        golden["results"]["KnormPress"]["0.5"]["answer"]
+            .as_str()
+            .expect("answer")
     );
     let (status, second) = ask("Who painted the lanterns along the quay?");
     assert_eq!(status, 200, "{second}");
@@ -278,7 +288,11 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
         ("{\"messages\": [".into(), 400, "parse"),
         ("[1, 2]".into(), 422, "deserialize"),
         (chat(short, json!({"press": "snapk"})), 400, "unknown press"),
-        (chat(short, json!({"press": "knorm", "compression_ratio": 1.5})), 400, "[0, 1)"),
+        (
+            chat(short, json!({"press": "knorm", "compression_ratio": 1.5})),
+            400,
+            "[0, 1)",
+        ),
         (chat(short, json!({"kv_quant": "int3"})), 400, "int3"),
         (chat(&huge, json!({})), 413, "length limit"),
         (
@@ -286,14 +300,22 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
             400,
             "at most 64",
         ),
-        (chat(short, json!({"context_id": "ctx-none"})), 400, "context_id"),
+        (
+            chat(short, json!({"context_id": "ctx-none"})),
+            400,
+            "context_id",
+        ),
         (
             json!({"messages": [{"role": "assistant", "content": "hi"}]}).to_string(),
             400,
             "role 'user'",
         ),
         (json!({"messages": []}).to_string(), 400, "empty"),
-        (chat(short, json!({"max_tokens": 100000})), 400, "max_tokens"),
+        (
+            chat(short, json!({"max_tokens": 100000})),
+            400,
+            "max_tokens",
+        ),
     ];
     for (body, status, needle) in &cases {
         let (got, error) = server.post("/v1/chat/completions", body);

@@ -1,10 +1,12 @@
 //! Project automation. `cargo xtask bench` measures prefill and decode speed, cache bytes and
 //! peak memory of the default model (or `--model`) at several context lengths, one fresh
 //! process per configuration, and compares them with the kvpress reference timings.
+//! `cargo xtask load-test` puts a bounded load on `kvpress serve`; `cargo xtask ci` is CI.
 
 mod bench;
 mod ci;
 mod filler;
+mod load;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +23,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Formatting, lints, the CUDA build check, the default model and the tests (what CI runs).
     Ci(ci::CiArgs),
+    /// A bounded load on `kvpress serve` over loopback: failures, latency, memory growth.
+    LoadTest(load::LoadArgs),
     /// Internal: one measurement in this process, printed as one JSON line.
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
@@ -32,6 +36,7 @@ fn main() {
         Command::Bench(args) => bench::run(&args),
         Command::BenchWorker(args) => bench::worker(&args),
         Command::Ci(args) => ci::run(&args),
+        Command::LoadTest(args) => load::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -259,10 +259,9 @@ pub fn start(
                 } else {
                     engine.serve(job);
                 }
-                engine.metrics.set_store(
-                    engine.store.entries.len(),
-                    engine.store.bytes(),
-                );
+                engine
+                    .metrics
+                    .set_store(engine.store.entries.len(), engine.store.bytes());
                 pending.fetch_sub(1, Ordering::SeqCst);
             }
         })?;
@@ -321,7 +320,8 @@ impl Engine {
                 let start = Instant::now();
                 let result = self.generate(job, &events);
                 if let Ok(f) = &result {
-                    self.metrics.generated(&f.usage, start.elapsed().as_secs_f64());
+                    self.metrics
+                        .generated(&f.usage, start.elapsed().as_secs_f64());
                     if f.finish_reason == "cancelled" {
                         self.metrics.cancelled();
                     }
@@ -367,7 +367,12 @@ impl Engine {
     }
 
     /// Refuses a context over the limit, or a prompt + answer past the model's positions.
-    fn check_length(&self, context: usize, question: usize, max_tokens: usize) -> Result<(), ApiError> {
+    fn check_length(
+        &self,
+        context: usize,
+        question: usize,
+        max_tokens: usize,
+    ) -> Result<(), ApiError> {
         let limit = self.limits.max_context_tokens.unwrap_or(usize::MAX);
         if context > limit {
             return Err(ApiError::new(
@@ -437,8 +442,11 @@ impl Engine {
                 ));
             }
             let stored = self.store.get(id)?;
-            let (context, cache, usage) =
-                (stored.context.clone(), stored.cache.clone(), stored.usage.clone());
+            let (context, cache, usage) = (
+                stored.context.clone(),
+                stored.cache.clone(),
+                stored.usage.clone(),
+            );
             let mut request = Request::new(context);
             request.questions = job.question.clone().into_iter().collect();
             let prompt = self.pipeline(None).prompt(&request).map_err(model_error)?;
@@ -460,7 +468,11 @@ impl Engine {
             } else {
                 question
             };
-            let ids = self.files.tokenizer.encode(&text, false).map_err(model_error)?;
+            let ids = self
+                .files
+                .tokenizer
+                .encode(&text, false)
+                .map_err(model_error)?;
             self.check_length(0, ids.len(), job.max_tokens)?;
             let cache = self.model.new_cache_quantized(quantization);
             (cache, ids, 0, CacheUsage::default())
@@ -487,9 +499,7 @@ impl Engine {
         };
         // a decoding-time press keeps compressing while the answer is generated
         let forward = ForwardOptions {
-            press: press
-                .as_deref()
-                .filter(|p| p.compresses_during_decoding()),
+            press: press.as_deref().filter(|p| p.compresses_during_decoding()),
             ..Default::default()
         };
         let tokenizer = &self.files.tokenizer;
@@ -523,7 +533,9 @@ impl Engine {
             &mut on_token,
         )
         .map_err(model_error)?;
-        let text = tokenizer.decode(&generation.tokens, true).map_err(model_error)?;
+        let text = tokenizer
+            .decode(&generation.tokens, true)
+            .map_err(model_error)?;
         if text.len() > sent && text.is_char_boundary(sent) {
             let _ = events.send(Event::Delta(text[sent..].to_string()));
         }
@@ -556,7 +568,9 @@ impl Engine {
         let press = build_press(&req.compression)?;
         let quantization = quantization(&req.compression)?;
         if req.compression.context_id.is_some() {
-            return Err(ApiError::invalid("context_id names a stored context; send a context"));
+            return Err(ApiError::invalid(
+                "context_id names a stored context; send a context",
+            ));
         }
         let pipe = self.pipeline(quantization);
         let prompt = pipe
@@ -612,7 +626,9 @@ impl Engine {
             .map_err(model_error)?;
         let compressed_seconds = start.elapsed().as_secs_f64();
         let mut data = report::kept_map(&self.files.tokenizer, &prompt.context_ids, &cache)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
         let start = Instant::now();
         let uncompressed = if press.is_some() || quantization.is_some() {
             self.pipeline(None)

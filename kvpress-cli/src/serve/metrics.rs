@@ -82,27 +82,85 @@ impl Metrics {
             .map(|map| {
                 map.iter()
                     .map(|((route, status), n)| {
-                        (format!("{{route=\"{route}\",status=\"{status}\"}}"), *n as f64)
+                        (
+                            format!("{{route=\"{route}\",status=\"{status}\"}}"),
+                            *n as f64,
+                        )
                     })
                     .collect()
             })
             .unwrap_or_default();
-        metric("kvpress_requests_total", "counter", "HTTP requests answered.", requests);
+        metric(
+            "kvpress_requests_total",
+            "counter",
+            "HTTP requests answered.",
+            requests,
+        );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         let generated = load(&self.completion_tokens);
         let seconds = load(&self.generation_micros) / 1e6;
         let saved = load(&self.cache_bytes_uncompressed) - load(&self.cache_bytes);
         for (name, kind, help, value) in [
-            ("kvpress_prompt_tokens_total", "counter", "Prompt tokens processed.", load(&self.prompt_tokens)),
-            ("kvpress_generated_tokens_total", "counter", "Tokens generated.", generated),
-            ("kvpress_generation_seconds_total", "counter", "Seconds spent serving generations (prefill included).", seconds),
-            ("kvpress_tokens_per_second", "gauge", "Generated tokens per second of the last generation.", load(&self.last_tokens_per_second_milli) / 1000.0),
-            ("kvpress_cache_bytes_total", "counter", "Bytes of the compressed caches built.", load(&self.cache_bytes)),
-            ("kvpress_cache_bytes_saved_total", "counter", "Bytes compression saved (uncompressed minus compressed).", saved),
-            ("kvpress_requests_cancelled_total", "counter", "Requests whose client went away.", load(&self.cancelled)),
-            ("kvpress_queue_length", "gauge", "Requests waiting or running.", queue as f64),
-            ("kvpress_stored_contexts", "gauge", "Compressed contexts in the store.", self.store_entries.load(Ordering::Relaxed) as f64),
-            ("kvpress_stored_context_bytes", "gauge", "Bytes of the stored compressed contexts.", self.store_bytes.load(Ordering::Relaxed) as f64),
+            (
+                "kvpress_prompt_tokens_total",
+                "counter",
+                "Prompt tokens processed.",
+                load(&self.prompt_tokens),
+            ),
+            (
+                "kvpress_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                generated,
+            ),
+            (
+                "kvpress_generation_seconds_total",
+                "counter",
+                "Seconds spent serving generations (prefill included).",
+                seconds,
+            ),
+            (
+                "kvpress_tokens_per_second",
+                "gauge",
+                "Generated tokens per second of the last generation.",
+                load(&self.last_tokens_per_second_milli) / 1000.0,
+            ),
+            (
+                "kvpress_cache_bytes_total",
+                "counter",
+                "Bytes of the compressed caches built.",
+                load(&self.cache_bytes),
+            ),
+            (
+                "kvpress_cache_bytes_saved_total",
+                "counter",
+                "Bytes compression saved (uncompressed minus compressed).",
+                saved,
+            ),
+            (
+                "kvpress_requests_cancelled_total",
+                "counter",
+                "Requests whose client went away.",
+                load(&self.cancelled),
+            ),
+            (
+                "kvpress_queue_length",
+                "gauge",
+                "Requests waiting or running.",
+                queue as f64,
+            ),
+            (
+                "kvpress_stored_contexts",
+                "gauge",
+                "Compressed contexts in the store.",
+                self.store_entries.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "kvpress_stored_context_bytes",
+                "gauge",
+                "Bytes of the stored compressed contexts.",
+                self.store_bytes.load(Ordering::Relaxed) as f64,
+            ),
         ] {
             metric(name, kind, help, vec![(String::new(), value)]);
         }

@@ -85,8 +85,11 @@ pub fn run(model: Option<&std::path::Path>, args: &ServeArgs) -> anyhow::Result<
     };
     let metrics = Arc::new(Metrics::default());
     eprintln!("kvpress serve: loading the model…");
-    let (engine, model_name, worker) =
-        engine::start(model.map(std::path::Path::to_path_buf), limits, metrics.clone())?;
+    let (engine, model_name, worker) = engine::start(
+        model.map(std::path::Path::to_path_buf),
+        limits,
+        metrics.clone(),
+    )?;
     let state = AppState {
         engine,
         metrics,
@@ -356,7 +359,9 @@ async fn generate(
         // dropping `rx` (a client gone) cancels the generation at its next token
         while let Some(event) = rx.recv().await {
             match event {
-                Event::Done(Ok(f)) => return Ok(Json(flavor.body(&id, &state.model, &f)).into_response()),
+                Event::Done(Ok(f)) => {
+                    return Ok(Json(flavor.body(&id, &state.model, &f)).into_response());
+                }
                 Event::Done(Err(e)) => return Err(e),
                 Event::Started | Event::Delta(_) => {}
             }
