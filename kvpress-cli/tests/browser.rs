@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -63,21 +62,8 @@ fn the_page_answers_and_draws_what_was_kept() {
         &std::fs::read_to_string(golden_dir.join("presses_r0.5.json")).expect("golden file"),
     )
     .expect("json");
-    let model = common::json_of(&common::kvpress(&["fetch", "--json"]))["path"]
-        .as_str()
-        .expect("path")
-        .to_string();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kvpress"))
-        .args(["--model", &model, "serve", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kvpress serve");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let base = line.trim().rsplit(' ').next().expect("address").to_string();
+    let server = common::Server::start(&[]);
+    let base = server.base.clone();
     let url = format!(
         "{base}/?context={}&question={}&press=knorm&ratio=0.5&max_tokens=24&autorun=1",
         encode(golden["context"].as_str().expect("context")),
@@ -96,8 +82,7 @@ fn the_page_answers_and_draws_what_was_kept() {
         ])
         .stderr(Stdio::null())
         .output();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let dom = String::from_utf8_lossy(&run.expect("run chromium").stdout).to_string();
     assert!(
         dom.contains("data-state=\"done\""),

@@ -7,44 +7,19 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// A running server, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
+use common::Server;
+
+/// Requests against a [`Server`].
+trait Client {
+    fn post(&self, path: &str, body: &str) -> (u16, Value);
+    fn get(&self, path: &str) -> (u16, String);
 }
 
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let model = common::json_of(&common::kvpress(&["fetch", "--json"]))["path"]
-            .as_str()
-            .expect("path")
-            .to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvpress"))
-            .args(["--model", &model, "serve", "--port", "0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kvpress serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("first line");
-        let base = line.trim().rsplit(' ').next().expect("address").to_string();
-        assert!(base.starts_with("http://127.0.0.1:"), "{line}");
-        Self { child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
+impl Client for Server {
     /// Status and JSON body of a POST.
     fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let response = ureq::post(&self.url(path))
@@ -60,13 +35,6 @@ impl Server {
             Err(ureq::Error::Status(code, r)) => (code, r.into_string().expect("body")),
             Err(e) => panic!("GET {path}: {e}"),
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -38,74 +38,81 @@ trait Entries<B: Backend>: Clone + Sized {
     fn device(&self) -> B::Device;
 }
 
-/// Full-precision keys and values `[1, h, n, d]`.
-#[derive(Debug, Clone)]
-struct Kv<B: Backend> {
-    keys: Tensor<B, 4>,
-    values: Tensor<B, 4>,
+/// Keys or values of `[1, h, n, d]` entries, full precision or quantized.
+trait Half<B: Backend>: Clone + Sized {
+    fn heads(&self) -> usize;
+    fn len(&self) -> usize;
+    fn narrow(self, dim: usize, start: usize, len: usize) -> Self;
+    fn select(self, indices: Tensor<B, 1, Int>) -> Self;
+    /// `parts` (at least one) joined along `dim`.
+    fn cat(parts: Vec<Self>, dim: usize) -> Self;
+    fn bytes(&self) -> usize;
+    fn device(&self) -> B::Device;
 }
 
-impl<B: Backend> Entries<B> for Kv<B> {
+impl<B: Backend> Half<B> for Tensor<B, 4> {
     fn heads(&self) -> usize {
-        self.keys.dims()[1]
+        self.dims()[1]
     }
     fn len(&self) -> usize {
-        self.keys.dims()[2]
+        self.dims()[2]
     }
     fn narrow(self, dim: usize, start: usize, len: usize) -> Self {
-        Self {
-            keys: self.keys.narrow(dim, start, len),
-            values: self.values.narrow(dim, start, len),
-        }
+        Tensor::narrow(self, dim, start, len)
     }
     fn select(self, indices: Tensor<B, 1, Int>) -> Self {
-        Self {
-            keys: self.keys.select(2, indices.clone()),
-            values: self.values.select(2, indices),
-        }
+        Tensor::select(self, 2, indices)
     }
     fn cat(parts: Vec<Self>, dim: usize) -> Self {
-        let (keys, values): (Vec<_>, Vec<_>) =
-            parts.into_iter().map(|p| (p.keys, p.values)).unzip();
-        Self {
-            keys: Tensor::cat(keys, dim),
-            values: Tensor::cat(values, dim),
-        }
+        Tensor::cat(parts, dim)
     }
     fn bytes(&self) -> usize {
-        tensor_bytes(&self.keys) + tensor_bytes(&self.values)
+        tensor_bytes(self)
     }
     fn device(&self) -> B::Device {
-        self.keys.device()
+        Tensor::device(self)
     }
 }
+
+impl<B: Backend> Half<B> for Quantized<B> {
+    fn heads(&self) -> usize {
+        Quantized::heads(self)
+    }
+    fn len(&self) -> usize {
+        Quantized::len(self)
+    }
+    fn narrow(self, dim: usize, start: usize, len: usize) -> Self {
+        Quantized::narrow(self, dim, start, len)
+    }
+    fn select(self, indices: Tensor<B, 1, Int>) -> Self {
+        Quantized::select(self, indices)
+    }
+    fn cat(parts: Vec<Self>, dim: usize) -> Self {
+        Quantized::cat_nonempty(parts, dim)
+    }
+    fn bytes(&self) -> usize {
+        Quantized::bytes(self)
+    }
+    fn device(&self) -> B::Device {
+        Quantized::device(self)
+    }
+}
+
+/// Keys and values of the same entries.
+#[derive(Debug, Clone)]
+struct Pair<T> {
+    keys: T,
+    values: T,
+}
+
+/// Full-precision keys and values `[1, h, n, d]`.
+type Kv<B> = Pair<Tensor<B, 4>>;
 
 /// Quantized keys and values of `[1, h, n, d]` entries, stored in the rotated basis of the
 /// layer (see [`LayerCache::settle`]).
-#[derive(Debug, Clone)]
-struct PackedKv<B: Backend> {
-    keys: Quantized<B>,
-    values: Quantized<B>,
-}
+type PackedKv<B> = Pair<Quantized<B>>;
 
-impl<B: Backend> PackedKv<B> {
-    fn quantize(kv: Kv<B>, quantization: &KvQuantization) -> Result<Self> {
-        let group = quantization.group_for(kv.keys.dims()[3])?;
-        Ok(Self {
-            keys: Quantized::quantize(kv.keys, quantization.bits, group)?,
-            values: Quantized::quantize(kv.values, quantization.bits, group)?,
-        })
-    }
-
-    fn dequantize(&self) -> Kv<B> {
-        Kv {
-            keys: self.keys.dequantize(),
-            values: self.values.dequantize(),
-        }
-    }
-}
-
-impl<B: Backend> Entries<B> for PackedKv<B> {
+impl<B: Backend, T: Half<B>> Entries<B> for Pair<T> {
     fn heads(&self) -> usize {
         self.keys.heads()
     }
@@ -128,8 +135,8 @@ impl<B: Backend> Entries<B> for PackedKv<B> {
         let (keys, values): (Vec<_>, Vec<_>) =
             parts.into_iter().map(|p| (p.keys, p.values)).unzip();
         Self {
-            keys: Quantized::cat_nonempty(keys, dim),
-            values: Quantized::cat_nonempty(values, dim),
+            keys: T::cat(keys, dim),
+            values: T::cat(values, dim),
         }
     }
     fn bytes(&self) -> usize {
@@ -137,6 +144,23 @@ impl<B: Backend> Entries<B> for PackedKv<B> {
     }
     fn device(&self) -> B::Device {
         self.keys.device()
+    }
+}
+
+impl<B: Backend> PackedKv<B> {
+    fn quantize(kv: Kv<B>, quantization: &KvQuantization) -> Result<Self> {
+        let group = quantization.group_for(kv.keys.dims()[3])?;
+        Ok(Self {
+            keys: Quantized::quantize(kv.keys, quantization.bits, group)?,
+            values: Quantized::quantize(kv.values, quantization.bits, group)?,
+        })
+    }
+
+    fn dequantize(&self) -> Kv<B> {
+        Kv {
+            keys: self.keys.dequantize(),
+            values: self.values.dequantize(),
+        }
     }
 }
 

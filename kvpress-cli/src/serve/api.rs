@@ -108,11 +108,9 @@ pub struct Compression {
     pub context_id: Option<String>,
 }
 
-/// `POST /v1/chat/completions` (`model` and other OpenAI fields are accepted and ignored: the
-/// server has one model).
+/// How a generating request decodes (shared by chat and text completions).
 #[derive(Debug, Clone, Deserialize)]
-pub struct ChatRequest {
-    pub messages: Vec<Message>,
+pub struct Decoding {
     #[serde(default, alias = "max_completion_tokens")]
     pub max_tokens: Option<usize>,
     #[serde(default)]
@@ -124,6 +122,15 @@ pub struct ChatRequest {
     pub compression: Compression,
 }
 
+/// `POST /v1/chat/completions` (`model` and other OpenAI fields are accepted and ignored: the
+/// server has one model).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    #[serde(flatten)]
+    pub decoding: Decoding,
+}
+
 /// `POST /v1/completions`: the prompt is the compressed context; the model continues it, or
 /// answers `question` (a kvpress extension) about it.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,15 +139,8 @@ pub struct CompletionRequest {
     pub prompt: Option<String>,
     #[serde(default)]
     pub question: Option<String>,
-    #[serde(default)]
-    pub max_tokens: Option<usize>,
-    #[serde(default)]
-    pub stream: bool,
-    /// Generate `max_tokens` even past the end-of-sequence token (vLLM's extension).
-    #[serde(default)]
-    pub ignore_eos: bool,
     #[serde(flatten)]
-    pub compression: Compression,
+    pub decoding: Decoding,
 }
 
 /// `POST /v1/contexts`: compress a context once, ask about it many times.

@@ -29,7 +29,9 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use api::{ApiError, ChatRequest, CompletionRequest, ContextRequest, InspectRequest, Message};
+use api::{
+    ApiError, ChatRequest, CompletionRequest, ContextRequest, Decoding, InspectRequest, Message,
+};
 use engine::{EngineHandle, Event, Finished, GenerateJob, Job, Limits};
 use metrics::Metrics;
 
@@ -298,14 +300,7 @@ async fn chat(
 ) -> Result<Response, ApiError> {
     let Json(req) = payload.map_err(rejected)?;
     let (context, question) = split_messages(&req.messages)?;
-    let job = GenerateJob {
-        context,
-        question: Some(question),
-        max_tokens: req.max_tokens.unwrap_or(state.default_max_tokens),
-        ignore_eos: req.ignore_eos,
-        compression: req.compression,
-    };
-    generate(state, job, req.stream, Flavor::Chat).await
+    generate(state, context, Some(question), req.decoding, Flavor::Chat).await
 }
 
 async fn completions(
@@ -313,27 +308,30 @@ async fn completions(
     payload: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = payload.map_err(rejected)?;
-    let job = GenerateJob {
-        context: req.prompt.unwrap_or_default(),
-        question: req.question,
-        max_tokens: req.max_tokens.unwrap_or(state.default_max_tokens),
-        ignore_eos: req.ignore_eos,
-        compression: req.compression,
-    };
-    if job.context.trim().is_empty() && job.compression.context_id.is_none() {
+    let context = req.prompt.unwrap_or_default();
+    if context.trim().is_empty() && req.decoding.compression.context_id.is_none() {
         return Err(ApiError::invalid("prompt is empty"));
     }
-    generate(state, job, req.stream, Flavor::Text).await
+    generate(state, context, req.question, req.decoding, Flavor::Text).await
 }
 
 /// Queues a generation and answers it whole, or streams it as server-sent events. Errors found
 /// before decoding starts (bad press, context too long) are answered with their status.
 async fn generate(
     state: AppState,
-    job: GenerateJob,
-    stream: bool,
+    context: String,
+    question: Option<String>,
+    decoding: Decoding,
     flavor: Flavor,
 ) -> Result<Response, ApiError> {
+    let stream = decoding.stream;
+    let job = GenerateJob {
+        context,
+        question,
+        max_tokens: decoding.max_tokens.unwrap_or(state.default_max_tokens),
+        ignore_eos: decoding.ignore_eos,
+        compression: decoding.compression,
+    };
     // cheap checks before queueing
     engine::build_press(&job.compression)?;
     engine::quantization(&job.compression)?;
