@@ -151,6 +151,7 @@ fn a_quantized_cache_holds_its_codes_and_answers() {
 fn inspect_shows_the_positions_kvpress_keeps() {
     let (model, dir, golden) = press_setup();
     let context = dir.path().join("context.txt");
+    let html = dir.path().join("kept.html");
     let out = json_of(&kvpress(&[
         "--model",
         &model,
@@ -163,8 +164,30 @@ fn inspect_shows_the_positions_kvpress_keeps() {
         "0.5",
         "--layers",
         "0,15,29",
+        "--html",
+        html.to_str().expect("utf-8"),
         "--json",
     ]));
+    // the standalone picture embeds every layer's kept bitmasks, in kvpress's own format
+    let page = std::fs::read_to_string(&html).expect("html written");
+    let data = page
+        .split("<script>window.KVPRESS_DATA = ")
+        .nth(1)
+        .and_then(|rest| rest.split(";</script>").next())
+        .expect("embedded data");
+    let data: serde_json::Value = serde_json::from_str(data).expect("json");
+    assert_eq!(data["context_tokens"], 1287);
+    assert_eq!(data["tokens"].as_array().expect("tokens").len(), 1287);
+    let masks = &golden["results"]["SnapKVPress"]["0.5"]["layers"];
+    for l in [0, 29] {
+        for h in 0..3 {
+            assert_eq!(
+                positions_of(data["kept"][l][h].as_str().expect("hex")),
+                positions_of(masks[l]["kept_mask_hex"][h].as_str().expect("hex")),
+                "layer {l} head {h}"
+            );
+        }
+    }
     assert_eq!(out["context_tokens"], 1287);
     let layers = out["layers"].as_array().expect("layers");
     assert_eq!(layers.len(), 3);
