@@ -325,6 +325,18 @@ impl<E> Storage<E> {
     }
 }
 
+/// Entries reserved past the end of a dense full-precision storage when a token is appended to
+/// it (decoding, questions): appends then write in place instead of copying the whole cache.
+const SPARE_ENTRIES: usize = 128;
+
+/// A buffer `[1, h_kv, capacity, d]` whose first `len` entries are the dense full-precision
+/// storage (which is a view of them).
+#[derive(Debug, Clone)]
+struct Spare<B: Backend> {
+    buffer: Kv<B>,
+    len: usize,
+}
+
 /// Keys and values of one attention layer.
 ///
 /// # Shapes
@@ -340,6 +352,8 @@ pub struct LayerCache<B: Backend> {
     storage: Storage<Kv<B>>,
     /// Quantized entries, which come before the full-precision ones of the same head.
     packed: Storage<PackedKv<B>>,
+    /// Room after a dense full-precision storage, so that decoding appends in place.
+    spare: Option<Spare<B>>,
     quantization: Option<KvQuantization>,
     /// Full-precision entries of each head that [`LayerCache::settle`] leaves alone (the
     /// context's residual window at the last [`KvCache::mark`]).
@@ -354,6 +368,7 @@ impl<B: Backend> Default for LayerCache<B> {
         Self {
             storage: Storage::Empty,
             packed: Storage::Empty,
+            spare: None,
             quantization: None,
             pinned: Vec::new(),
             positions: Vec::new(),
@@ -556,7 +571,7 @@ impl<B: Backend> LayerCache<B> {
                 ),
             });
         }
-        self.storage = self.storage.take().append(Kv { keys, values }, h_kv);
+        self.append_full(Kv { keys, values }, h_kv);
         if self.positions.is_empty() {
             self.positions = vec![Vec::new(); h_kv];
             self.origins = vec![Vec::new(); h_kv];
@@ -568,6 +583,47 @@ impl<B: Backend> LayerCache<B> {
             self.next_position = self.next_position.max(last + 1);
         }
         Ok(())
+    }
+
+    /// Appends `new` (`[1, h_kv, s, d]`) to the full-precision storage: in place into the
+    /// spare room of a dense storage when it has enough; otherwise a dense storage moves into a
+    /// new buffer with [`SPARE_ENTRIES`] of room (not for quantized caches, whose window moves
+    /// every step), and other layouts concatenate.
+    fn append_full(&mut self, new: Kv<B>, heads: usize) {
+        let s = new.len();
+        if let (Some(spare), Storage::Dense(_)) = (self.spare.take(), &self.storage)
+            && spare.len + s <= spare.buffer.len()
+        {
+            // dropping the view leaves the buffer the only owner: it is written in place
+            self.storage = Storage::Empty;
+            let Spare { buffer, len } = spare;
+            let buffer = write_at(buffer, len, new);
+            self.storage = Storage::Dense(buffer.clone().narrow(2, 0, len + s));
+            self.spare = Some(Spare {
+                buffer,
+                len: len + s,
+            });
+            return;
+        }
+        match self.storage.take() {
+            Storage::Dense(old) if self.quantization.is_none() => {
+                let (n, [_, h, _, d]) = (old.len(), old.keys.dims());
+                let zeros = |t: &Tensor<B, 4>| {
+                    Tensor::<B, 4>::zeros(
+                        [1, h, n + s + SPARE_ENTRIES, d],
+                        (&t.device(), t.dtype()),
+                    )
+                };
+                let buffer = Kv {
+                    keys: zeros(&old.keys),
+                    values: zeros(&old.values),
+                };
+                let buffer = write_at(write_at(buffer, 0, old), n, new);
+                self.storage = Storage::Dense(buffer.clone().narrow(2, 0, n + s));
+                self.spare = Some(Spare { buffer, len: n + s });
+            }
+            storage => self.storage = storage.append(new, heads),
+        }
     }
 
     /// Quantizes, in every head, the full-precision entries beyond the `residual` most recent
@@ -599,6 +655,7 @@ impl<B: Backend> LayerCache<B> {
         let rotation = self.rotation();
         let (p, m) = (pinned[0], moved[0]);
         let uniform = pinned.iter().all(|&x| x == p) && moved.iter().all(|&x| x == m);
+        self.spare = None;
         match self.storage.take() {
             Storage::Dense(kv) if uniform => {
                 let quantized = PackedKv::quantize(
@@ -686,6 +743,7 @@ impl<B: Backend> LayerCache<B> {
         if quantized.iter().any(|&q| q > 0) {
             self.packed = self.packed.take().select(&from_packed);
         }
+        self.spare = None;
         self.storage = self.storage.take().select(&from_full);
         self.pinned.clear();
         Ok(())
@@ -718,6 +776,7 @@ impl<B: Backend> LayerCache<B> {
                 ),
             });
         }
+        self.spare = None;
         match self.storage.take() {
             Storage::Dense(kv) => {
                 let old = if keys { &kv.keys } else { &kv.values };
@@ -816,6 +875,14 @@ impl<B: Backend> LayerCache<B> {
         }
         self.packed = self.packed.take().truncate(&packed_lens);
         self.storage = self.storage.take().truncate(&full_lens);
+        // a dense storage truncated is still a prefix of the spare buffer
+        self.spare = match (self.spare.take(), &self.storage) {
+            (Some(spare), Storage::Dense(kv)) => Some(Spare {
+                len: kv.len(),
+                ..spare
+            }),
+            _ => None,
+        };
         for (pin, &f) in self.pinned.iter_mut().zip(&full_lens) {
             *pin = (*pin).min(f);
         }
@@ -824,7 +891,10 @@ impl<B: Backend> LayerCache<B> {
     /// Bytes held by the key and value tensors (element count × element size), quantized
     /// codes, scales and zero-points included.
     pub fn bytes(&self) -> usize {
-        self.storage.bytes() + self.packed.bytes()
+        let spare = self.spare.as_ref().map_or(0, |sp| {
+            sp.buffer.bytes() / sp.buffer.len().max(1) * (sp.buffer.len() - sp.len)
+        });
+        self.storage.bytes() + self.packed.bytes() + spare
     }
 
     /// Bytes the entries would hold unquantized (equal to [`LayerCache::bytes`] without
@@ -902,6 +972,16 @@ impl<B: Backend> LayerCache<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(unrotate(Tensor::cat(outputs, 1)))
+    }
+}
+
+/// `buffer` (`[1, h, capacity, d]`) with `new` written at entries `at..at + new.len()`.
+fn write_at<B: Backend>(buffer: Kv<B>, at: usize, new: Kv<B>) -> Kv<B> {
+    let [_, h, _, d] = buffer.keys.dims();
+    let span = [0..1, 0..h, at..at + new.len(), 0..d];
+    Kv {
+        keys: buffer.keys.slice_assign(span.clone(), new.keys),
+        values: buffer.values.slice_assign(span, new.values),
     }
 }
 
@@ -1117,12 +1197,55 @@ mod tests {
         let k2 = Tensor::<B, 4>::random([1, 3, 2, 8], Distribution::Default, &dev);
         cache.append(k2.clone(), k2, &[5, 6]).expect("append");
         assert_eq!(cache.len(), 7);
-        assert_eq!(cache.bytes(), 2 * 3 * 7 * 8 * 4);
+        // appending to a dense cache reserves room for the next entries, and says so
+        assert_eq!(cache.bytes(), 2 * 3 * (7 + SPARE_ENTRIES) * 8 * 4);
         cache.truncate(&[5, 5, 5]);
         assert_eq!(cache.positions()[2], vec![0, 1, 2, 3, 4]);
         let (keys, _) = cache.keys_values().expect("dense").expect("not empty");
         let diff = (keys.clone() - k).abs().max().into_scalar();
         assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn decoding_appends_in_place_and_copies_share_nothing() {
+        let (h, d) = (2, 4);
+        let first = random(h, 10, d);
+        let mut cache = LayerCache::<B>::default();
+        cache
+            .append(first.clone(), first.clone(), &(0..10).collect::<Vec<_>>())
+            .expect("append");
+        assert_eq!(
+            cache.bytes(),
+            2 * h * 10 * d * 4,
+            "no room reserved by the prefill"
+        );
+        let mut all = vec![first];
+        let mut snapshot = None;
+        for step in 0..(SPARE_ENTRIES + 5) {
+            let token = random(h, 1, d);
+            cache
+                .append(token.clone(), token.clone(), &[10 + step])
+                .expect("append");
+            all.push(token);
+            if step == 3 {
+                snapshot = Some((cache.clone(), Tensor::cat(all.clone(), 2)));
+            }
+        }
+        let (keys, values) = cache.keys_values().expect("dense").expect("held");
+        let want = Tensor::cat(all, 2);
+        assert_eq!(max_abs(keys - want.clone()), 0.0);
+        assert_eq!(max_abs(values - want), 0.0);
+        // a copy taken earlier still holds what it held then
+        let (copy, then) = snapshot.expect("snapshot");
+        let (keys, _) = copy.keys_values().expect("dense").expect("held");
+        assert_eq!(max_abs(keys - then), 0.0);
+        // a rollback keeps the room: the next append is in place again
+        let n = cache.len();
+        cache.truncate(&[n - 3, n - 3]);
+        let bytes = cache.bytes();
+        let token = random(h, 1, d);
+        cache.append(token.clone(), token, &[999]).expect("append");
+        assert_eq!(cache.bytes(), bytes);
     }
 
     #[test]

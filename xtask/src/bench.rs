@@ -14,7 +14,9 @@ use kvpress_core::{KvQuantization, Press};
 use kvpress_models::default_model::ensure_default_model;
 use kvpress_models::generate::argmax;
 use kvpress_models::llama::ForwardOptions;
-use kvpress_models::{Llama, ModelFiles};
+use kvpress_models::testing::random_weights;
+use kvpress_models::{Llama, LlamaConfig, ModelFiles};
+use kvpress_presses::random::splitmix;
 use kvpress_presses::registry::build;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -64,6 +66,13 @@ pub struct BenchArgs {
     /// Skip the plots (drawn by `kvpress plot --bench`).
     #[arg(long)]
     no_plots: bool,
+    /// Build the model from --config with random weights instead of loading one (speed and
+    /// memory of a model's shape without downloading it; token ids are random too).
+    #[arg(long, requires = "config")]
+    random_weights: bool,
+    /// The HF config.json of --random-weights (e.g. Llama-3.1-8B's).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Cache storage formats to measure each configuration with: none (full precision),
     /// int8, int4, int2.
     #[arg(long, value_delimiter = ',', default_value = "none")]
@@ -103,6 +112,8 @@ pub struct WorkerArgs {
     ignore_max_position: bool,
     #[arg(long)]
     kv_quant: Option<String>,
+    #[arg(long)]
+    random_config: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     kv_group_size: usize,
     #[arg(long, default_value_t = 128)]
@@ -193,6 +204,13 @@ fn context_ids(files: &ModelFiles, length: usize) -> anyhow::Result<Vec<u32>> {
     }
 }
 
+/// `n` token ids below `vocab`, reproducible.
+fn random_ids(vocab: usize, n: usize) -> Vec<u32> {
+    (0..n as u64)
+        .map(|i| (splitmix(2024 + i) % vocab.max(1) as u64) as u32)
+        .collect()
+}
+
 /// One prefill of `ids` compressed by `press`: seconds, seconds inside the press, the cache and
 /// the last logits.
 fn prefill(
@@ -227,15 +245,28 @@ fn prefill(
 
 /// Runs one measurement in this process and prints it as a JSON line.
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
-    let files = ModelFiles::open(&args.model)?;
-    let mut model = files.load_model::<B>(&Default::default())?;
+    let (mut model, ids) = match &args.random_config {
+        Some(path) => {
+            let config = LlamaConfig::from_file(path)?;
+            let weights = random_weights(&config, 7);
+            let ids = random_ids(config.vocab_size, args.length);
+            (
+                Llama::<B>::load(config, &weights, &Default::default())?,
+                ids,
+            )
+        }
+        None => {
+            let files = ModelFiles::open(&args.model)?;
+            let ids = context_ids(&files, args.length)?;
+            (files.load_model::<B>(&Default::default())?, ids)
+        }
+    };
     model.set_attention_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Decoding after a context that fills the training window runs past it; allowed for timing.
     model.set_ignore_max_position(
         args.ignore_max_position
             || args.length + args.decode_tokens > model.config().max_position_embeddings,
     );
-    let ids = context_ids(&files, args.length)?;
     let press = args
         .press
         .as_deref()
@@ -322,9 +353,10 @@ fn reference_for(reference: &Value, threads: &str, m: &Measurement) -> Option<(f
 
 /// The bench driver.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => ensure_default_model(&mut |_| {}).context("fetching the default model")?,
+    let model = match (&args.model, args.random_weights.then_some(&args.config)) {
+        (_, Some(Some(config))) => config.clone(),
+        (Some(m), _) => m.clone(),
+        _ => ensure_default_model(&mut |_| {}).context("fetching the default model")?,
     };
     let (lengths, reps, decode) = if args.quick {
         (vec![512, 1024], 1, 16)
@@ -399,6 +431,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if args.ignore_max_position {
             command.arg("--ignore-max-position");
         }
+        if args.random_weights {
+            command.arg("--random-config").arg(&model);
+        }
         if let Some(f) = format {
             command
                 .args(["--kv-quant", f])
@@ -426,9 +461,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .reference
         .clone()
         .unwrap_or_else(|| workspace_root().join("../shared/golden/timing.json"));
+    // the reference timings are of the default model: not comparable with random weights
     let reference: Option<Value> = std::fs::read_to_string(&ref_path)
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|_| !args.random_weights);
     report(&args.out, &model, &results, reference.as_ref())?;
     if !args.no_plots {
         plot(&args.out)?;
