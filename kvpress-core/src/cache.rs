@@ -26,7 +26,8 @@ use crate::error::{CoreError, Result};
 use crate::quant::{KvQuantization, Quantized, hadamard};
 
 /// Entries of one or all KV heads held one way: `[1, h, n, ·]` along heads (dim 1) and
-/// entries (dim 2).
+/// entries (dim 2). Keys or values alone (a tensor, or quantized codes) are entries, and so are
+/// both together ([`Pair`]).
 trait Entries<B: Backend>: Clone + Sized {
     fn heads(&self) -> usize;
     fn len(&self) -> usize;
@@ -38,19 +39,7 @@ trait Entries<B: Backend>: Clone + Sized {
     fn device(&self) -> B::Device;
 }
 
-/// Keys or values of `[1, h, n, d]` entries, full precision or quantized.
-trait Half<B: Backend>: Clone + Sized {
-    fn heads(&self) -> usize;
-    fn len(&self) -> usize;
-    fn narrow(self, dim: usize, start: usize, len: usize) -> Self;
-    fn select(self, indices: Tensor<B, 1, Int>) -> Self;
-    /// `parts` (at least one) joined along `dim`.
-    fn cat(parts: Vec<Self>, dim: usize) -> Self;
-    fn bytes(&self) -> usize;
-    fn device(&self) -> B::Device;
-}
-
-impl<B: Backend> Half<B> for Tensor<B, 4> {
+impl<B: Backend> Entries<B> for Tensor<B, 4> {
     fn heads(&self) -> usize {
         self.dims()[1]
     }
@@ -74,7 +63,7 @@ impl<B: Backend> Half<B> for Tensor<B, 4> {
     }
 }
 
-impl<B: Backend> Half<B> for Quantized<B> {
+impl<B: Backend> Entries<B> for Quantized<B> {
     fn heads(&self) -> usize {
         Quantized::heads(self)
     }
@@ -112,7 +101,7 @@ type Kv<B> = Pair<Tensor<B, 4>>;
 /// layer (see [`LayerCache::settle`]).
 type PackedKv<B> = Pair<Quantized<B>>;
 
-impl<B: Backend, T: Half<B>> Entries<B> for Pair<T> {
+impl<B: Backend, T: Entries<B>> Entries<B> for Pair<T> {
     fn heads(&self) -> usize {
         self.keys.heads()
     }

@@ -181,11 +181,16 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_kib("self", "VmHWM")
+}
+
+/// A KiB field (`VmHWM`, `VmRSS`) of `/proc/<process>/status`; 0 where it cannot be read.
+pub fn proc_status_kib(process: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })

@@ -54,15 +54,7 @@ impl Drop for Server {
 
 impl Server {
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        crate::bench::proc_status_kib(&self.child.id().to_string(), "VmRSS")
     }
 }
 
