@@ -254,15 +254,21 @@ pub fn start(
                 metrics,
             };
             while let Ok(job) = queue.recv() {
-                if job.abandoned() {
+                let answer = if job.abandoned() {
                     engine.metrics.cancelled();
+                    None
                 } else {
-                    engine.serve(job);
-                }
+                    Some(engine.serve(job))
+                };
                 engine
                     .metrics
                     .set_store(engine.store.entries.len(), engine.store.bytes());
+                // The job stops counting before its client hears the end, so a client that
+                // sends its next request on the answer never finds its own job still queued.
                 pending.fetch_sub(1, Ordering::SeqCst);
+                if let Some(answer) = answer {
+                    answer.send();
+                }
             }
         })?;
     let name = ready_rx
@@ -313,8 +319,32 @@ fn model_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::invalid(e.to_string())
 }
 
+/// The last message of a job, sent once the job no longer counts as pending.
+enum Answer {
+    Events(mpsc::UnboundedSender<Event>, Event),
+    Reply(
+        oneshot::Sender<Result<Value, ApiError>>,
+        Result<Value, ApiError>,
+    ),
+}
+
+impl Answer {
+    fn send(self) {
+        // A client that went away is no error.
+        match self {
+            Answer::Events(events, event) => {
+                let _ = events.send(event);
+            }
+            Answer::Reply(reply, result) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
 impl Engine {
-    fn serve(&mut self, job: Job) {
+    /// Runs `job` (streamed pieces go out as they come) and returns its last message.
+    fn serve(&mut self, job: Job) -> Answer {
         match job {
             Job::Generate(job, events) => {
                 let start = Instant::now();
@@ -326,10 +356,11 @@ impl Engine {
                         self.metrics.cancelled();
                     }
                 }
-                let _ = events.send(Event::Done(result));
+                Answer::Events(events, Event::Done(result))
             }
             Job::StoreContext(req, reply) => {
-                let _ = reply.send(self.store_context(req));
+                let result = self.store_context(req);
+                Answer::Reply(reply, result)
             }
             Job::ListContexts(reply) => {
                 let list: Vec<Value> = self
@@ -338,7 +369,7 @@ impl Engine {
                     .iter()
                     .map(|(id, s)| ContextStore::describe(id, s))
                     .collect();
-                let _ = reply.send(Ok(json!({"object": "list", "data": list})));
+                Answer::Reply(reply, Ok(json!({"object": "list", "data": list})))
             }
             Job::DeleteContext(id, reply) => {
                 let result = match self.store.entries.remove(&id) {
@@ -349,10 +380,11 @@ impl Engine {
                         format!("no stored context '{id}'"),
                     )),
                 };
-                let _ = reply.send(result);
+                Answer::Reply(reply, result)
             }
             Job::Inspect(req, reply) => {
-                let _ = reply.send(self.inspect(req));
+                let result = self.inspect(req);
+                Answer::Reply(reply, result)
             }
         }
     }
