@@ -211,13 +211,26 @@ pub fn window_attention<B: Backend>(
         .clone()
         .narrow(2, m - w, w)
         .reshape([1, h_kv, g * w, d]);
-    let scores = q.matmul(keys.clone().swap_dims(2, 3)).mul_scalar(scale);
+    // Every window query sees all keys before the window; only the last `w` columns need the
+    // causal mask, added there at full shape (a broadcast add over all `n` columns is slow on
+    // CPU backends).
+    let keys_t = keys.clone().swap_dims(2, 3); // [1, h_kv, d, n]
+    let before = (w < n).then(|| {
+        q.clone()
+            .matmul(keys_t.clone().narrow(3, 0, n - w))
+            .mul_scalar(scale)
+    });
     let rows: Vec<usize> = (n - w..n).collect();
-    let all: Vec<usize> = (0..n).collect();
-    let bias = mask_bias(&rows, &all, None, g);
-    let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [g * w, n]), &queries.device())
-        .reshape([1, 1, g * w, n]);
-    Ok(softmax(scores + bias, 3).reshape([1, h, w, n]))
+    let bias: Vec<f32> = mask_bias(&rows, &rows, None, g).repeat(h_kv);
+    let bias =
+        Tensor::<B, 3>::from_data(TensorData::new(bias, [h_kv, g * w, w]), &queries.device())
+            .reshape([1, h_kv, g * w, w]);
+    let window = q.matmul(keys_t.narrow(3, n - w, w)).mul_scalar(scale) + bias;
+    let scores = match before {
+        Some(before) => Tensor::cat(vec![before, window], 3),
+        None => window,
+    };
+    Ok(softmax(scores, 3).reshape([1, h, w, n]))
 }
 
 /// Per query head, the attention each key receives summed over all queries of a causal

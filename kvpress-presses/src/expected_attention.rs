@@ -76,26 +76,39 @@ impl ExpectedAttention {
             .reshape([1, 1, d, d]);
         let r_t = r.clone().swap_dims(2, 3);
         let mean_rot = mean.matmul(r_t.clone()); // (R̄ μ)ᵀ: [1, h, 1, d]
-        // 3. Logits over the non-sink keys of each query head's KV group.
+        // 3. Logits over the non-sink keys, [1, h_kv, T, g]: the g query heads of a KV group
+        //    read its keys through one matmul each (no repeated keys; matmuls read the
+        //    strided views as they are, where element-wise ops on them would walk index by
+        //    index).
         let k = keys.clone().narrow(2, sink, t); // [1, h_kv, T, d]
-        let k = k
-            .unsqueeze_dim::<5>(2)
-            .expand([1, h_kv, g, t, d])
-            .reshape([1, h, t, d]);
         let scale = (d as f32).powf(-0.5);
-        let mut logits = k.clone().matmul(mean_rot.swap_dims(2, 3)).mul_scalar(scale); // [1, h, T, 1]
+        let mean_rot = mean_rot.reshape([1, h_kv, g, d]).swap_dims(2, 3); // [1, h_kv, d, g]
+        let mut logits = k.clone().matmul(mean_rot).mul_scalar(scale);
         if let (true, Some(cov)) = (self.use_covariance, cov) {
-            let cov_rot = r.matmul(cov).matmul(r_t); // R̄ Σ R̄ᵀ
-            let quadratic = (k.clone().matmul(cov_rot) * k).sum_dim(3); // [1, h, T, 1]
+            // R̄ Σ R̄ᵀ of the g heads side by side: [1, h_kv, d, g·d].
+            let cov_rot = r
+                .matmul(cov)
+                .matmul(r_t)
+                .reshape([1, h_kv, g, d, d])
+                .permute([0, 1, 3, 2, 4])
+                .reshape([1, h_kv, d, g * d]);
+            let k_cov = k.clone().matmul(cov_rot); // [1, h_kv, T, g·d]
+            let k_repeated = Tensor::cat(vec![k; g], 3);
+            let quadratic = (k_cov * k_repeated)
+                .reshape([1, h_kv, t, g, d])
+                .sum_dim(4)
+                .reshape([1, h_kv, t, g]);
             logits = logits + quadratic.div_scalar(2.0 * d as f32);
         }
-        let attention = softmax(logits.reshape([1, h, t]), 2);
+        let attention = softmax(logits.swap_dims(2, 3).reshape([1, h, t]), 2);
         let mut scores = attention
             .reshape([1, h_kv, g, t])
             .mean_dim(2)
             .reshape([1, h_kv, t]);
         if self.use_vnorm {
-            let v = values.clone().narrow(2, sink, t);
+            // |v| first: one pass that also lays a strided view out contiguously, so the
+            // product runs on plain rows.
+            let v = values.clone().narrow(2, sink, t).abs();
             let norms = (v.clone() * v).sum_dim(3).sqrt().reshape([1, h_kv, t]);
             scores = scores.add_scalar(self.epsilon) * norms;
         }
@@ -145,14 +158,14 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
         }
         let q = queries.clone().narrow(2, first, m - first); // [1, h, T_q, d]
         let rows = m - first;
-        let mean = q.clone().mean_dim(2); // [1, h, 1, d]
+        // The queries arrive as a strided view (heads-first over token-major projections):
+        // reductions and element-wise ops would walk it index by index, matmuls read it as it
+        // is. μ = 1ᵀQ/T, Σ = QᵀQ/T − μμᵀ.
+        let ones = Tensor::<B, 4>::ones([1, 1, 1, rows], &queries.device());
+        let mean = ones.matmul(q.clone()).div_scalar(rows as f32); // [1, h, 1, d]
         let cov = self.use_covariance.then(|| {
-            let centered = q - mean.clone();
-            centered
-                .clone()
-                .swap_dims(2, 3)
-                .matmul(centered)
-                .div_scalar(rows as f32) // [1, h, d, d]
+            let second = q.clone().swap_dims(2, 3).matmul(q).div_scalar(rows as f32);
+            second - mean.clone().swap_dims(2, 3).matmul(mean.clone()) // [1, h, d, d]
         });
         let next = inputs.positions.iter().max().map_or(n, |&p| p + 1);
         self.score_with_statistics(inputs.rope, keys, values, mean, cov, next)

@@ -7,7 +7,7 @@
 //! causal softmax attention of the window queries over all `n` keys (normalised over all of
 //! them) and `pool` an average of width `kernel_size` with zero padding counted.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend, module::avg_pool1d};
 use kvpress_core::attention::window_attention;
 use kvpress_core::error::{CoreError, Result};
 use kvpress_core::{LayerInputs, Scorer};
@@ -33,18 +33,10 @@ impl Default for SnapKv {
 /// Average pool of width `kernel` along the last axis with `kernel / 2` zeros on each side,
 /// counted in the average (PyTorch's `avg_pool1d` default). `[b, h, m]` → `[b, h, m]`.
 fn average_pool<B: Backend>(x: Tensor<B, 3>, kernel: usize) -> Tensor<B, 3> {
-    let [b, h, m] = x.dims();
-    let pad = kernel / 2;
-    if pad == 0 {
+    if kernel <= 1 {
         return x;
     }
-    let zeros = Tensor::<B, 3>::zeros([b, h, pad], &x.device());
-    let padded = Tensor::cat(vec![zeros.clone(), x, zeros], 2);
-    let sum = (0..kernel)
-        .map(|t| padded.clone().narrow(2, t, m))
-        .reduce(|a, b| a + b)
-        .unwrap_or_else(|| Tensor::zeros([b, h, m], &padded.device()));
-    sum.div_scalar(kernel as f32)
+    avg_pool1d(x, kernel, 1, kernel / 2, true, false)
 }
 
 impl<B: Backend> Scorer<B> for SnapKv {
@@ -73,7 +65,12 @@ impl<B: Backend> Scorer<B> for SnapKv {
         }
         let h = inputs.queries.dims()[1];
         let probs = window_attention(inputs.queries, keys, w, (d as f32).powf(-0.5))?;
-        let attended = probs.narrow(3, 0, n - w).mean_dim(2).reshape([1, h, n - w]);
+        // Mean over the window rows as a matmul (it reads the strided view as it is).
+        let ones = Tensor::<B, 4>::ones([1, 1, 1, w], &keys.device());
+        let attended = ones
+            .matmul(probs.narrow(3, 0, n - w))
+            .div_scalar(w as f32)
+            .reshape([1, h, n - w]);
         let pooled = average_pool(attended, self.kernel_size);
         let grouped = pooled
             .reshape([1, h_kv, h / h_kv, n - w])
