@@ -92,6 +92,13 @@ pub fn chunked_attention<B: Backend>(
         && k_positions.iter().all(|head| {
             head[n - s..] == *q_positions && head[..n - s].iter().all(|&p| p < q_positions[0])
         });
+    #[cfg(feature = "flex")]
+    if fused
+        && b == 1
+        && let Some(out) = causal_on_host(&q, &k, &v, options)
+    {
+        return Ok(out);
+    }
     let repeated = fused.then(|| (repeat_kv(k.clone(), g), repeat_kv(v.clone(), g)));
     let chunk = (options.max_score_elements / (b * h * n.max(1))).clamp(1, s.max(1));
     let device = q.device();
@@ -173,6 +180,40 @@ pub fn chunked_attention<B: Backend>(
     } else {
         Tensor::cat(outputs, 2)
     })
+}
+
+/// The plain causal case on the flex backend, by [`crate::cpu_attention`] (faster than
+/// burn-flex's fused kernel); `None` on other backends or element types.
+///
+/// # Shapes
+/// - `q`: `[1, h_q, s, d]`, `k`, `v`: `[1, h_kv, n, d]`, the queries being the last `s` keys
+#[cfg(feature = "flex")]
+fn causal_on_host<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    options: &AttentionOptions,
+) -> Option<Tensor<B, 4>> {
+    use crate::cpu_attention::{Shape, causal_attention};
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<burn::backend::Flex>() {
+        return None;
+    }
+    let [_, heads, queries, dim] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    let host = |t: &Tensor<B, 4>| t.clone().into_data().into_vec::<f32>().ok();
+    let (qh, kh, vh) = (host(q)?, host(k)?, host(v)?);
+    let shape = Shape {
+        heads,
+        kv_heads,
+        queries,
+        keys,
+        dim,
+    };
+    let out = causal_attention(&qh, &kh, &vh, shape, options.scale, options.threads);
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, heads, queries, dim]),
+        &q.device(),
+    ))
 }
 
 /// Causal attention probabilities of the last `w` queries over all `n` keys (the "observation

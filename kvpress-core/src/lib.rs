@@ -10,7 +10,8 @@
 //! - [`rope`]: rotary position embeddings in the Hugging Face half-split layout, with the
 //!   `linear`, `llama3` and `yarn` scalings;
 //! - [`attention`]: grouped-query attention computed in query chunks, so that no `n × n` score
-//!   matrix is ever materialised;
+//!   matrix is ever materialised (on the flex backend, prefill's causal attention runs a tiled
+//!   kernel of ours that skips the masked tiles and vectorises the softmax);
 //! - [`press`]: the hook through which a press compresses one layer's cache during prefill, the
 //!   scorer trait and the shared top-k / head-wise budget selections.
 //!
@@ -19,6 +20,8 @@
 pub mod artifacts;
 pub mod attention;
 pub mod cache;
+#[cfg(feature = "flex")]
+mod cpu_attention;
 pub mod error;
 pub mod press;
 pub mod quant;
