@@ -183,10 +183,12 @@ pub fn chunked_attention<B: Backend>(
 }
 
 /// The plain causal case on the flex backend, by [`crate::cpu_attention`] (faster than
-/// burn-flex's fused kernel); `None` on other backends or element types.
+/// burn-flex's fused kernel), reading the tensors' memory in place; `None` on other backends,
+/// element types or layouts.
 ///
 /// # Shapes
 /// - `q`: `[1, h_q, s, d]`, `k`, `v`: `[1, h_kv, n, d]`, the queries being the last `s` keys
+/// - returns `[1, h_q, s, d]`, a heads-first view of token-major memory
 #[cfg(feature = "flex")]
 fn causal_on_host<B: Backend>(
     q: &Tensor<B, 4>,
@@ -195,13 +197,17 @@ fn causal_on_host<B: Backend>(
     options: &AttentionOptions,
 ) -> Option<Tensor<B, 4>> {
     use crate::cpu_attention::{Shape, causal_attention};
+    use burn::backend::flex::FlexTensor;
     if std::any::TypeId::of::<B>() != std::any::TypeId::of::<burn::backend::Flex>() {
         return None;
     }
+    let flex = |t: &Tensor<B, 4>| -> Option<FlexTensor> {
+        let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
+        primitive.downcast::<FlexTensor>().ok().map(|t| *t)
+    };
+    let (fq, fk, fv) = (flex(q)?, flex(k)?, flex(v)?);
     let [_, heads, queries, dim] = q.dims();
     let [_, kv_heads, keys, _] = k.dims();
-    let host = |t: &Tensor<B, 4>| t.clone().into_data().into_vec::<f32>().ok();
-    let (qh, kh, vh) = (host(q)?, host(k)?, host(v)?);
     let shape = Shape {
         heads,
         kv_heads,
@@ -209,11 +215,39 @@ fn causal_on_host<B: Backend>(
         keys,
         dim,
     };
-    let out = causal_attention(&qh, &kh, &vh, shape, options.scale, options.threads);
-    Some(Tensor::from_data(
-        TensorData::new(out, [1, heads, queries, dim]),
-        &q.device(),
-    ))
+    let out = causal_attention(
+        strided(&fq)?,
+        strided(&fk)?,
+        strided(&fv)?,
+        shape,
+        options.scale,
+        options.threads,
+    )?;
+    Some(
+        Tensor::<B, 4>::from_data(TensorData::new(out, [1, queries, heads, dim]), &q.device())
+            .swap_dims(1, 2),
+    )
+}
+
+/// A `[1, heads, rows, dim]` f32 flex tensor as a [`crate::cpu_attention::Strided`] view, when
+/// its rows are contiguous and its strides non-negative.
+#[cfg(feature = "flex")]
+fn strided(t: &burn::backend::flex::FlexTensor) -> Option<crate::cpu_attention::Strided<'_>> {
+    use burn::tensor::DType;
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let layout = t.layout();
+    let strides = layout.strides();
+    if strides.len() != 4 || strides[3] != 1 || strides[1] < 0 || strides[2] < 0 {
+        return None;
+    }
+    let data: &[f32] = t.storage();
+    Some(crate::cpu_attention::Strided {
+        data: data.get(layout.start_offset()..)?,
+        head_stride: strides[1] as usize,
+        row_stride: strides[2] as usize,
+    })
 }
 
 /// Causal attention probabilities of the last `w` queries over all `n` keys (the "observation

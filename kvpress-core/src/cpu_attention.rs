@@ -17,8 +17,29 @@ const QUERY_BLOCK: usize = 128;
 /// Keys per tile.
 const KEY_TILE: usize = 256;
 
-/// A query head, its block's first row and the block's output rows.
-type Task<'a> = (usize, usize, &'a mut [f32]);
+/// A `[heads, rows, dim]` view of f32 memory: element `(h, r, c)` at
+/// `h · head_stride + r · row_stride + c` (rows are contiguous, heads and rows may interleave).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub head_stride: usize,
+    pub row_stride: usize,
+}
+
+impl Strided<'_> {
+    /// Rows `first..` of head `h`, as a slice starting at row `first`.
+    fn rows_from(&self, h: usize, first: usize) -> &[f32] {
+        &self.data[h * self.head_stride + first * self.row_stride..]
+    }
+
+    /// True when every element of `[heads, rows, dim]` lies inside `data`.
+    fn covers(&self, heads: usize, rows: usize, dim: usize) -> bool {
+        heads == 0
+            || rows == 0
+            || (heads - 1) * self.head_stride + (rows - 1) * self.row_stride + dim
+                <= self.data.len()
+    }
+}
 
 /// The shapes of one call.
 #[derive(Debug, Clone, Copy)]
@@ -35,20 +56,22 @@ pub(crate) struct Shape {
     pub dim: usize,
 }
 
-/// `softmax(q·kᵀ·scale + causal mask)·v`.
+/// `softmax(q·kᵀ·scale + causal mask)·v`, read from strided views in place.
 ///
 /// # Shapes
-/// - `q`: `[heads, queries, dim]`, `k`, `v`: `[kv_heads, keys, dim]`, row-major
-/// - returns `[heads, queries, dim]`; query `i` sees keys `0 ..= keys − queries + i` of KV head
-///   `head / (heads / kv_heads)`
+/// - `q`: `[heads, queries, dim]`, `k`, `v`: `[kv_heads, keys, dim]` (see [`Strided`])
+/// - returns `[queries, heads, dim]` (token-major, as the output projection reads it); query
+///   `i` sees keys `0 ..= keys − queries + i` of KV head `head / (heads / kv_heads)`
+///
+/// `None` when a view does not cover its shape.
 pub(crate) fn causal_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: Strided<'_>,
+    k: Strided<'_>,
+    v: Strided<'_>,
     shape: Shape,
     scale: f32,
     threads: usize,
-) -> Vec<f32> {
+) -> Option<Vec<f32>> {
     let Shape {
         heads,
         kv_heads,
@@ -56,64 +79,67 @@ pub(crate) fn causal_attention(
         keys,
         dim,
     } = shape;
-    debug_assert_eq!(q.len(), heads * queries * dim);
-    debug_assert_eq!(k.len(), kv_heads * keys * dim);
-    debug_assert_eq!(v.len(), k.len());
-    debug_assert!(queries <= keys && kv_heads > 0 && heads.is_multiple_of(kv_heads));
-    let mut out = vec![0f32; heads * queries * dim];
+    let fits = queries <= keys
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && q.covers(heads, queries, dim)
+        && k.covers(kv_heads, keys, dim)
+        && v.covers(kv_heads, keys, dim);
+    if !fits {
+        return None;
+    }
+    let mut out = vec![0f32; queries * heads * dim];
     if out.is_empty() {
-        return out;
+        return Some(out);
     }
     let group = heads / kv_heads;
-    // One task per (head, block of query rows), later blocks (more keys) first so that the
+    // One task per block of query rows (all heads), later blocks (more keys) first so that the
     // threads finish together.
-    let mut tasks: Vec<Task<'_>> = out
-        .chunks_mut(queries * dim)
+    let blocks: Vec<std::sync::Mutex<Option<Block<'_>>>> = out
+        .chunks_mut(QUERY_BLOCK * heads * dim)
         .enumerate()
-        .flat_map(|(head, rows)| {
-            rows.chunks_mut(QUERY_BLOCK * dim)
-                .enumerate()
-                .map(move |(block, o)| (head, block * QUERY_BLOCK, o))
-        })
-        .collect();
-    tasks.sort_by_key(|&(head, first, _)| (std::cmp::Reverse(first), head));
-    let tasks: Vec<std::sync::Mutex<Option<Task<'_>>>> = tasks
-        .into_iter()
-        .map(|t| std::sync::Mutex::new(Some(t)))
+        .rev()
+        .map(|(block, o)| std::sync::Mutex::new(Some((block * QUERY_BLOCK, o))))
         .collect();
     let next = AtomicUsize::new(0);
     let work = || {
         let mut scratch = Scratch::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(slot) = tasks.get(i) else { break };
+            let Some(slot) = blocks.get(i) else { break };
             let taken = match slot.lock() {
                 Ok(mut guard) => guard.take(),
                 Err(poisoned) => poisoned.into_inner().take(),
             };
-            let Some((head, first, o)) = taken else {
+            let Some((first, o)) = taken else {
                 continue;
             };
-            let rows = o.len() / dim;
-            let kv = head / group;
-            let q_rows = &q[(head * queries + first) * dim..][..rows * dim];
-            let k_head = &k[kv * keys * dim..][..keys * dim];
-            let v_head = &v[kv * keys * dim..][..keys * dim];
-            // Query `first + r` sees keys up to `offset + first + r`.
-            let offset = keys - queries;
-            query_block(
-                q_rows,
-                k_head,
-                v_head,
-                o,
-                offset + first,
-                dim,
-                scale,
-                &mut scratch,
-            );
+            let rows = o.len() / (heads * dim);
+            for head in 0..heads {
+                let kv = head / group;
+                let block = QueryBlock {
+                    q: q.rows_from(head, first),
+                    q_stride: q.row_stride,
+                    rows,
+                    // Query `first + r` sees keys up to `keys − queries + first + r`.
+                    last_key_of_first_row: keys - queries + first,
+                };
+                let keys_values = (
+                    k.rows_from(kv, 0),
+                    k.row_stride,
+                    v.rows_from(kv, 0),
+                    v.row_stride,
+                );
+                let out = OutRows {
+                    data: &mut o[head * dim..],
+                    stride: heads * dim,
+                    dim,
+                };
+                query_block(block, keys_values, out, scale, &mut scratch);
+            }
         }
     };
-    let threads = threads.clamp(1, tasks.len());
+    let threads = threads.clamp(1, blocks.len());
     if threads == 1 {
         work();
     } else {
@@ -124,7 +150,32 @@ pub(crate) fn causal_attention(
             work();
         });
     }
-    out
+    Some(out)
+}
+
+/// A block of query rows: its first row and its output rows `[rows, heads, dim]`.
+type Block<'a> = (usize, &'a mut [f32]);
+
+/// Query rows of one head: row `r` at `q[r · q_stride ..][.. dim]`.
+struct QueryBlock<'a> {
+    q: &'a [f32],
+    q_stride: usize,
+    rows: usize,
+    /// Row `r` sees keys `0 ..= last_key_of_first_row + r`.
+    last_key_of_first_row: usize,
+}
+
+/// Output rows: row `r` at `data[r · stride ..][.. dim]`.
+struct OutRows<'a> {
+    data: &'a mut [f32],
+    stride: usize,
+    dim: usize,
+}
+
+impl OutRows<'_> {
+    fn row(&mut self, r: usize) -> &mut [f32] {
+        &mut self.data[r * self.stride..][..self.dim]
+    }
 }
 
 /// Per-thread buffers.
@@ -147,33 +198,37 @@ impl Scratch {
     }
 }
 
-/// One block of query rows with online softmax over key tiles; row `r` sees keys
-/// `0 ..= last_key_of_first_row + r`. `q`, `out`: `[rows, dim]`; `k`, `v`: `[keys, dim]`.
-#[allow(clippy::too_many_arguments)]
+/// One head's block of query rows with online softmax over key tiles, accumulated into `out`.
+/// `keys_values`: keys, their row stride, values, their row stride (rows of `dim` entries).
 fn query_block(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &mut [f32],
-    last_key_of_first_row: usize,
-    dim: usize,
+    block: QueryBlock<'_>,
+    (k, k_stride, v, v_stride): (&[f32], usize, &[f32], usize),
+    mut out: OutRows<'_>,
     scale: f32,
     scratch: &mut Scratch,
 ) {
-    let rows = out.len() / dim;
+    let QueryBlock {
+        q,
+        q_stride,
+        rows,
+        last_key_of_first_row,
+    } = block;
+    let dim = out.dim;
     let visible = last_key_of_first_row + rows; // keys any row of the block sees
     let Scratch { scores, max, sum } = scratch;
     max[..rows].fill(f32::NEG_INFINITY);
     sum[..rows].fill(0.0);
-    out.fill(0.0);
+    for r in 0..rows {
+        out.row(r).fill(0.0);
+    }
     let mut start = 0;
     while start < visible {
         let width = KEY_TILE.min(visible - start);
         let tile = &mut scores[..rows * width];
         // tile = q · k[start..start + width]ᵀ
-        // SAFETY: `tile` is rows × width, `q` rows × dim, the key rows start..start + width
-        // lie within `k` (start + width ≤ visible ≤ keys); strides describe these row-major
-        // layouts, and nothing else aliases `tile`.
+        // SAFETY: `tile` is rows × width (row-major); query row r lies at r · q_stride in `q`
+        // and key row j at j · k_stride in `k` for every row read (the views were checked to
+        // cover their shapes, start + width ≤ visible ≤ keys); nothing else aliases `tile`.
         unsafe {
             gemm::gemm(
                 rows,
@@ -185,9 +240,9 @@ fn query_block(
                 false,
                 q.as_ptr(),
                 1,
-                dim as isize,
-                k.as_ptr().add(start * dim),
-                dim as isize,
+                q_stride as isize,
+                k.as_ptr().add(start * k_stride),
+                k_stride as isize,
                 1,
                 0.0,
                 scale,
@@ -200,26 +255,26 @@ fn query_block(
         let limits = TileRows {
             first_row_sees: (last_key_of_first_row + 1) as isize - start as isize,
             width,
-            dim,
         };
-        online_softmax(tile, &mut max[..rows], &mut sum[..rows], out, limits);
+        online_softmax(tile, &mut max[..rows], &mut sum[..rows], &mut out, limits);
         // out += tile · v[start..start + width]
-        // SAFETY: as above; `out` is rows × dim and distinct from `tile` and `v`.
+        // SAFETY: as above for `tile` and `v`; output row r lies at r · out.stride in
+        // `out.data`, which is exclusively borrowed and distinct from `tile` and `v`.
         unsafe {
             gemm::gemm(
                 rows,
                 dim,
                 width,
-                out.as_mut_ptr(),
+                out.data.as_mut_ptr(),
                 1,
-                dim as isize,
+                out.stride as isize,
                 true,
                 tile.as_ptr(),
                 1,
                 width as isize,
-                v.as_ptr().add(start * dim),
+                v.as_ptr().add(start * v_stride),
                 1,
-                dim as isize,
+                v_stride as isize,
                 1.0,
                 1.0,
                 false,
@@ -230,32 +285,31 @@ fn query_block(
         }
         start += width;
     }
-    for r in 0..rows {
-        let inverse = 1.0 / sum[r];
-        for o in &mut out[r * dim..(r + 1) * dim] {
+    for (r, total) in sum[..rows].iter().enumerate() {
+        let inverse = 1.0 / total;
+        for o in out.row(r) {
             *o *= inverse;
         }
     }
 }
 
 /// Where a tile's rows end: row `r` sees its first `first_row_sees + r` columns (at most
-/// `width`, none when negative); output rows have `dim` entries.
+/// `width`, none when negative).
 #[derive(Clone, Copy)]
 struct TileRows {
     first_row_sees: isize,
     width: usize,
-    dim: usize,
 }
 
 /// One tile of the online softmax: `tile` (`[rows, width]` scores) becomes the unnormalised
 /// probabilities `exp(score − running max)` (0 where masked), and the running maxima, sums and
-/// output rows (`[rows, dim]`) are rescaled to the new maxima. Compiled for the widest vector
+/// output rows are rescaled to the new maxima. Compiled for the widest vector
 /// unit the CPU has.
 fn online_softmax(
     tile: &mut [f32],
     max: &mut [f32],
     sum: &mut [f32],
-    out: &mut [f32],
+    out: &mut OutRows<'_>,
     rows: TileRows,
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -279,7 +333,7 @@ fn online_softmax_avx512(
     tile: &mut [f32],
     max: &mut [f32],
     sum: &mut [f32],
-    out: &mut [f32],
+    out: &mut OutRows<'_>,
     rows: TileRows,
 ) {
     online_softmax_rows(tile, max, sum, out, rows);
@@ -291,7 +345,7 @@ fn online_softmax_avx2(
     tile: &mut [f32],
     max: &mut [f32],
     sum: &mut [f32],
-    out: &mut [f32],
+    out: &mut OutRows<'_>,
     rows: TileRows,
 ) {
     online_softmax_rows(tile, max, sum, out, rows);
@@ -303,13 +357,12 @@ fn online_softmax_rows(
     tile: &mut [f32],
     max: &mut [f32],
     sum: &mut [f32],
-    out: &mut [f32],
+    out: &mut OutRows<'_>,
     rows: TileRows,
 ) {
     let TileRows {
         first_row_sees,
         width,
-        dim,
     } = rows;
     for (r, row) in tile.chunks_exact_mut(width).enumerate() {
         let seen = (first_row_sees + r as isize).clamp(0, width as isize) as usize;
@@ -327,7 +380,7 @@ fn online_softmax_rows(
         if max[r] != new_max {
             let correction = exp(max[r] - new_max);
             sum[r] *= correction;
-            for o in &mut out[r * dim..(r + 1) * dim] {
+            for o in out.row(r) {
                 *o *= correction;
             }
             max[r] = new_max;
@@ -441,14 +494,51 @@ mod tests {
             .collect()
     }
 
+    /// Heads-first `[heads, rows, dim]` data as a view of itself, or copied token-major
+    /// (`[rows, heads, dim]`, the layout of a projection before the heads are split off).
+    fn view(data: &[f32], heads: usize, rows: usize, dim: usize, token_major: bool) -> Vec<f32> {
+        if !token_major {
+            return data.to_vec();
+        }
+        let mut out = vec![0.0; data.len()];
+        for h in 0..heads {
+            for r in 0..rows {
+                out[(r * heads + h) * dim..][..dim]
+                    .copy_from_slice(&data[(h * rows + r) * dim..][..dim]);
+            }
+        }
+        out
+    }
+
+    fn strided(
+        data: &[f32],
+        heads: usize,
+        rows: usize,
+        dim: usize,
+        token_major: bool,
+    ) -> Strided<'_> {
+        let _ = heads;
+        let (head_stride, row_stride) = if token_major {
+            (dim, heads * dim)
+        } else {
+            (rows * dim, dim)
+        };
+        Strided {
+            data,
+            head_stride,
+            row_stride,
+        }
+    }
+
     #[test]
-    fn equals_direct_softmax_across_tiles_blocks_and_threads() {
-        // Sizes around the block (64) and tile (128) edges, with and without earlier keys.
+    fn equals_direct_softmax_across_tiles_blocks_threads_and_layouts() {
+        // Sizes around the block (128) and tile (256) edges, with and without earlier keys.
         for (heads, kv_heads, queries, keys, dim) in [
             (4, 2, 1, 1, 8),
             (3, 3, 70, 70, 16),
             (6, 2, 130, 300, 8),
             (2, 1, 129, 129, 4),
+            (2, 2, 260, 600, 4),
         ] {
             let shape = Shape {
                 heads,
@@ -461,15 +551,54 @@ mod tests {
             let k = values(kv_heads * keys * dim, 2);
             let v = values(kv_heads * keys * dim, 3);
             let want = naive(&q, &k, &v, shape, 0.3);
-            for threads in [1, 3] {
-                let got = causal_attention(&q, &k, &v, shape, 0.3, threads);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() < 2e-5,
-                        "{shape:?} threads {threads}: {a} vs {b}"
-                    );
+            for (threads, token_major) in [(1, false), (3, false), (2, true)] {
+                let (qs, ks, vs) = (
+                    view(&q, heads, queries, dim, token_major),
+                    view(&k, kv_heads, keys, dim, token_major),
+                    view(&v, kv_heads, keys, dim, token_major),
+                );
+                let got = causal_attention(
+                    strided(&qs, heads, queries, dim, token_major),
+                    strided(&ks, kv_heads, keys, dim, token_major),
+                    strided(&vs, kv_heads, keys, dim, token_major),
+                    shape,
+                    0.3,
+                    threads,
+                )
+                .expect("the views cover their shapes");
+                for h in 0..heads {
+                    for i in 0..queries {
+                        for c in 0..dim {
+                            let (a, b) = (
+                                got[(i * heads + h) * dim + c],
+                                want[(h * queries + i) * dim + c],
+                            );
+                            assert!(
+                                (a - b).abs() < 2e-5,
+                                "{shape:?} threads {threads} token-major {token_major}: {a} vs {b}"
+                            );
+                        }
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn refuses_views_that_do_not_cover_their_shape() {
+        let data = vec![0.0; 10];
+        let short = Strided {
+            data: &data,
+            head_stride: 8,
+            row_stride: 4,
+        };
+        let shape = Shape {
+            heads: 1,
+            kv_heads: 1,
+            queries: 3,
+            keys: 3,
+            dim: 4,
+        };
+        assert!(causal_attention(short, short, short, shape, 1.0, 1).is_none());
     }
 }
