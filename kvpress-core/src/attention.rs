@@ -95,7 +95,7 @@ pub fn chunked_attention<B: Backend>(
     #[cfg(feature = "flex")]
     if fused
         && b == 1
-        && let Some(out) = causal_on_host(&q, &k, &v, options)
+        && let Some(out) = crate::cpu::attention::causal(&q, &k, &v, options.scale, options.threads)
     {
         return Ok(out);
     }
@@ -179,74 +179,6 @@ pub fn chunked_attention<B: Backend>(
         outputs.remove(0)
     } else {
         Tensor::cat(outputs, 2)
-    })
-}
-
-/// The plain causal case on the flex backend, by [`crate::cpu_attention`] (faster than
-/// burn-flex's fused kernel), reading the tensors' memory in place; `None` on other backends,
-/// element types or layouts.
-///
-/// # Shapes
-/// - `q`: `[1, h_q, s, d]`, `k`, `v`: `[1, h_kv, n, d]`, the queries being the last `s` keys
-/// - returns `[1, h_q, s, d]`, a heads-first view of token-major memory
-#[cfg(feature = "flex")]
-fn causal_on_host<B: Backend>(
-    q: &Tensor<B, 4>,
-    k: &Tensor<B, 4>,
-    v: &Tensor<B, 4>,
-    options: &AttentionOptions,
-) -> Option<Tensor<B, 4>> {
-    use crate::cpu_attention::{Shape, causal_attention};
-    use burn::backend::flex::FlexTensor;
-    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<burn::backend::Flex>() {
-        return None;
-    }
-    let flex = |t: &Tensor<B, 4>| -> Option<FlexTensor> {
-        let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
-        primitive.downcast::<FlexTensor>().ok().map(|t| *t)
-    };
-    let (fq, fk, fv) = (flex(q)?, flex(k)?, flex(v)?);
-    let [_, heads, queries, dim] = q.dims();
-    let [_, kv_heads, keys, _] = k.dims();
-    let shape = Shape {
-        heads,
-        kv_heads,
-        queries,
-        keys,
-        dim,
-    };
-    let out = causal_attention(
-        strided(&fq)?,
-        strided(&fk)?,
-        strided(&fv)?,
-        shape,
-        options.scale,
-        options.threads,
-    )?;
-    Some(
-        Tensor::<B, 4>::from_data(TensorData::new(out, [1, queries, heads, dim]), &q.device())
-            .swap_dims(1, 2),
-    )
-}
-
-/// A `[1, heads, rows, dim]` f32 flex tensor as a [`crate::cpu_attention::Strided`] view, when
-/// its rows are contiguous and its strides non-negative.
-#[cfg(feature = "flex")]
-fn strided(t: &burn::backend::flex::FlexTensor) -> Option<crate::cpu_attention::Strided<'_>> {
-    use burn::tensor::DType;
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let layout = t.layout();
-    let strides = layout.strides();
-    if strides.len() != 4 || strides[3] != 1 || strides[1] < 0 || strides[2] < 0 {
-        return None;
-    }
-    let data: &[f32] = t.storage();
-    Some(crate::cpu_attention::Strided {
-        data: data.get(layout.start_offset()..)?,
-        head_stride: strides[1] as usize,
-        row_stride: strides[2] as usize,
     })
 }
 

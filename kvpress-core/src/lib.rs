@@ -17,11 +17,12 @@
 //!
 //! Everything is generic over a burn [`Backend`](burn::tensor::backend::Backend).
 
+pub mod activation;
 pub mod artifacts;
 pub mod attention;
 pub mod cache;
 #[cfg(feature = "flex")]
-mod cpu_attention;
+mod cpu;
 pub mod error;
 pub mod press;
 pub mod quant;

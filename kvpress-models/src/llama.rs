@@ -4,7 +4,8 @@
 //!
 //! Tensor names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, …).
 
-use burn::tensor::{Int, Tensor, TensorData, activation::silu, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use kvpress_core::activation::silu_mul;
 use kvpress_core::attention::AttentionOptions;
 use kvpress_core::{
     AttentionWeights, KvCache, KvQuantization, LayerCache, LayerInputs, Press, RotaryEmbedding,
@@ -88,8 +89,9 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        self.down_proj.forward(silu_mul(gate, up))
     }
 }
 

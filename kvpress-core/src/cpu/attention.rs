@@ -7,39 +7,21 @@
 //! whole rows in loops the compiler vectorises (a polynomial `exp` instead of the libm call) and
 //! leaves the two products per tile to `gemm`. Work is spread over threads by query block.
 //!
-//! Only [`crate::attention::chunked_attention`] calls it, on the flex backend, for the plain
-//! causal case (the queries are the last `s` keys; every earlier key is visible).
+//! Only [`crate::attention::chunked_attention`] calls it (through [`causal`]), on the flex
+//! backend, for the plain causal case (the queries are the last `s` keys; every earlier key is
+//! visible).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use super::math::{exp, lane_sum};
+use super::{Strided, flex_tensor, strided};
 
 /// Query rows per block (one task).
 const QUERY_BLOCK: usize = 128;
 /// Keys per tile.
 const KEY_TILE: usize = 256;
-
-/// A `[heads, rows, dim]` view of f32 memory: element `(h, r, c)` at
-/// `h · head_stride + r · row_stride + c` (rows are contiguous, heads and rows may interleave).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Strided<'a> {
-    pub data: &'a [f32],
-    pub head_stride: usize,
-    pub row_stride: usize,
-}
-
-impl Strided<'_> {
-    /// Rows `first..` of head `h`, as a slice starting at row `first`.
-    fn rows_from(&self, h: usize, first: usize) -> &[f32] {
-        &self.data[h * self.head_stride + first * self.row_stride..]
-    }
-
-    /// True when every element of `[heads, rows, dim]` lies inside `data`.
-    fn covers(&self, heads: usize, rows: usize, dim: usize) -> bool {
-        heads == 0
-            || rows == 0
-            || (heads - 1) * self.head_stride + (rows - 1) * self.row_stride + dim
-                <= self.data.len()
-    }
-}
 
 /// The shapes of one call.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +36,43 @@ pub(crate) struct Shape {
     pub keys: usize,
     /// Head dimension.
     pub dim: usize,
+}
+
+/// Prefill's causal attention on the flex backend, reading the tensors' memory in place;
+/// `None` on other backends, element types or layouts.
+///
+/// # Shapes
+/// - `q`: `[1, h_q, s, d]`, `k`, `v`: `[1, h_kv, n, d]`, the queries being the last `s` keys
+/// - returns `[1, h_q, s, d]`, a heads-first view of token-major memory
+pub(crate) fn causal<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    scale: f32,
+    threads: usize,
+) -> Option<Tensor<B, 4>> {
+    let (fq, fk, fv) = (flex_tensor(q)?, flex_tensor(k)?, flex_tensor(v)?);
+    let [_, heads, queries, dim] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    let shape = Shape {
+        heads,
+        kv_heads,
+        queries,
+        keys,
+        dim,
+    };
+    let out = causal_attention(
+        strided(&fq)?,
+        strided(&fk)?,
+        strided(&fv)?,
+        shape,
+        scale,
+        threads,
+    )?;
+    Some(
+        Tensor::<B, 4>::from_data(TensorData::new(out, [1, queries, heads, dim]), &q.device())
+            .swap_dims(1, 2),
+    )
 }
 
 /// `softmax(q·kᵀ·scale + causal mask)·v`, read from strided views in place.
@@ -301,54 +320,17 @@ struct TileRows {
     width: usize,
 }
 
-/// One tile of the online softmax: `tile` (`[rows, width]` scores) becomes the unnormalised
-/// probabilities `exp(score − running max)` (0 where masked), and the running maxima, sums and
-/// output rows are rescaled to the new maxima. Compiled for the widest vector
-/// unit the CPU has.
-fn online_softmax(
-    tile: &mut [f32],
-    max: &mut [f32],
-    sum: &mut [f32],
-    out: &mut OutRows<'_>,
-    rows: TileRows,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { online_softmax_avx512(tile, max, sum, out, rows) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { online_softmax_avx2(tile, max, sum, out, rows) };
-        }
-    }
-    online_softmax_rows(tile, max, sum, out, rows);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn online_softmax_avx512(
-    tile: &mut [f32],
-    max: &mut [f32],
-    sum: &mut [f32],
-    out: &mut OutRows<'_>,
-    rows: TileRows,
-) {
-    online_softmax_rows(tile, max, sum, out, rows);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn online_softmax_avx2(
-    tile: &mut [f32],
-    max: &mut [f32],
-    sum: &mut [f32],
-    out: &mut OutRows<'_>,
-    rows: TileRows,
-) {
-    online_softmax_rows(tile, max, sum, out, rows);
+widest_simd! {
+    /// One tile of the online softmax: `tile` (`[rows, width]` scores) becomes the
+    /// unnormalised probabilities `exp(score − running max)` (0 where masked), and the running
+    /// maxima, sums and output rows are rescaled to the new maxima.
+    fn online_softmax(
+        tile: &mut [f32],
+        max: &mut [f32],
+        sum: &mut [f32],
+        out: &mut OutRows<'_>,
+        rows: TileRows,
+    ) => online_softmax_rows
 }
 
 /// The body of [`online_softmax`], inlined into each compiled variant.
@@ -389,68 +371,9 @@ fn online_softmax_rows(
     }
 }
 
-/// The sum of `x` over 8 running partial sums (a loop the compiler vectorises, unlike one
-/// running sum, whose order it must keep).
-#[inline(always)]
-fn lane_sum(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (lane, value) in lanes.iter_mut().zip(chunk) {
-            *lane += value;
-        }
-    }
-    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
-}
-
-/// `eˣ` for `x ≤ 0` within about 2 ulp (Cephes' `expf` reduction and polynomial), written
-/// without branches or calls so that loops over it vectorise; `x < −87` gives about `1e-38`
-/// instead of a subnormal or 0.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in a part exact in few bits and the rest.
-    const LN2_HIGH: f32 = 0.693_359_4;
-    const LN2_LOW: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5·2²³ rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let shifted = x * LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * LN2_HIGH - n * LN2_LOW;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e_r = p * r * r + r + 1.0;
-    // The low bits of `shifted` hold n: 2ⁿ = (n + 127) << 23 with integer ops only.
-    let two_n = f32::from_bits(
-        (shifted.to_bits().wrapping_sub(ROUND.to_bits()))
-            .wrapping_add(127)
-            .wrapping_shl(23),
-    );
-    e_r * two_n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_of_libm_over_the_softmax_range() {
-        let mut worst = 0f32;
-        let mut x = 0f32;
-        while x > -87.0 {
-            let (got, want) = (exp(x), x.exp());
-            worst = worst.max((got - want).abs() / want);
-            x -= 0.000_731;
-        }
-        assert!(worst < 2.5e-7, "relative error {worst}");
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(f32::NEG_INFINITY) < 1e-37);
-    }
 
     /// Direct softmax attention, one row at a time, in f64.
     fn naive(q: &[f32], k: &[f32], v: &[f32], s: Shape, scale: f32) -> Vec<f32> {
