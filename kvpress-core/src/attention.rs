@@ -213,6 +213,10 @@ pub fn window_attention<B: Backend>(
             ),
         });
     }
+    #[cfg(feature = "flex")]
+    if let Some(probs) = crate::cpu::attention::window(queries, keys, w, scale) {
+        return Ok(probs);
+    }
     let g = h / h_kv;
     let q = queries
         .clone()

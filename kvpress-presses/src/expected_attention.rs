@@ -76,30 +76,25 @@ impl ExpectedAttention {
             .reshape([1, 1, d, d]);
         let r_t = r.clone().swap_dims(2, 3);
         let mean_rot = mean.matmul(r_t.clone()); // (R̄ μ)ᵀ: [1, h, 1, d]
-        // 3. Logits over the non-sink keys, [1, h_kv, T, g]: the g query heads of a KV group
-        //    read its keys through one matmul each (no repeated keys; matmuls read the
-        //    strided views as they are, where element-wise ops on them would walk index by
-        //    index).
-        let k = keys.clone().narrow(2, sink, t); // [1, h_kv, T, d]
+        // 3. Logits over all keys, [1, h_kv, n, g], then the sinks dropped: the g query heads
+        //    of a KV group read its keys through matmuls (no repeated keys), and the keys are
+        //    used whole, as stored, so that element-wise products run on plain rows (on a
+        //    strided view they would walk index by index).
         let scale = (d as f32).powf(-0.5);
         let mean_rot = mean_rot.reshape([1, h_kv, g, d]).swap_dims(2, 3); // [1, h_kv, d, g]
-        let mut logits = k.clone().matmul(mean_rot).mul_scalar(scale);
+        let mut logits = keys.clone().matmul(mean_rot).mul_scalar(scale);
         if let (true, Some(cov)) = (self.use_covariance, cov) {
-            // R̄ Σ R̄ᵀ of the g heads side by side: [1, h_kv, d, g·d].
-            let cov_rot = r
-                .matmul(cov)
-                .matmul(r_t)
-                .reshape([1, h_kv, g, d, d])
-                .permute([0, 1, 3, 2, 4])
-                .reshape([1, h_kv, d, g * d]);
-            let k_cov = k.clone().matmul(cov_rot); // [1, h_kv, T, g·d]
-            let k_repeated = Tensor::cat(vec![k; g], 3);
-            let quadratic = (k_cov * k_repeated)
-                .reshape([1, h_kv, t, g, d])
-                .sum_dim(4)
-                .reshape([1, h_kv, t, g]);
-            logits = logits + quadratic.div_scalar(2.0 * d as f32);
+            // R̄ Σ R̄ᵀ per query head, [1, h_kv, g, d, d]; kᵀ Σ' k for each head of the group.
+            let cov_rot = r.matmul(cov).matmul(r_t).reshape([1, h_kv, g, d, d]);
+            let quadratic: Vec<Tensor<B, 4>> = (0..g)
+                .map(|j| {
+                    let cov_j = cov_rot.clone().narrow(2, j, 1).reshape([1, h_kv, d, d]);
+                    (keys.clone().matmul(cov_j) * keys.clone()).sum_dim(3) // [1, h_kv, n, 1]
+                })
+                .collect();
+            logits = logits + Tensor::cat(quadratic, 3).div_scalar(2.0 * d as f32);
         }
+        let logits = logits.narrow(2, sink, t); // [1, h_kv, T, g]
         let attention = softmax(logits.swap_dims(2, 3).reshape([1, h, t]), 2);
         let mut scores = attention
             .reshape([1, h_kv, g, t])

@@ -1,8 +1,6 @@
 //! The MLP's gated activation `silu(gate) · up` in one vectorised pass over host memory
 //! (burn-flex runs `silu` through a scalar `expf` per element, then a second pass to multiply).
 
-use std::sync::OnceLock;
-
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
@@ -25,7 +23,7 @@ pub(crate) fn silu_mul<B: Backend, const D: usize>(
     let n = gate.shape().num_elements();
     let (g, u) = (contiguous(&g, n)?, contiguous(&u, n)?);
     let mut out = vec![0f32; g.len()];
-    let threads = threads().min(g.len().div_ceil(CHUNK)).max(1);
+    let threads = super::threads().min(g.len().div_ceil(CHUNK)).max(1);
     let per_thread = g.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let parts = out
@@ -49,12 +47,6 @@ fn contiguous(t: &FlexTensor, n: usize) -> Option<&[f32]> {
     let start = t.layout().start_offset();
     let data: &[f32] = t.storage();
     data.get(start..start + n)
-}
-
-/// The available cores (read once).
-fn threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 widest_simd! {

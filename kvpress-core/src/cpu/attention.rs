@@ -197,6 +197,112 @@ impl OutRows<'_> {
     }
 }
 
+/// The attention probabilities of the last `w` queries over all keys on the flex backend (the
+/// observation window of SnapKV and relatives), reading the tensors in place; `None` on other
+/// backends, element types or layouts.
+///
+/// # Shapes
+/// - `queries`: `[1, h_q, m, d]` (the tokens of the last `m` keys), `keys`: `[1, h_kv, n, d]`
+/// - returns `[1, h_q, w, n]`; window query `i` sees keys `0 ..= n − w + i`
+pub(crate) fn window<B: Backend>(
+    queries: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    w: usize,
+    scale: f32,
+) -> Option<Tensor<B, 4>> {
+    let (fq, fk) = (flex_tensor(queries)?, flex_tensor(keys)?);
+    let [_, heads, m, dim] = queries.dims();
+    let [_, kv_heads, n, _] = keys.dims();
+    let (q, k) = (strided(&fq)?, strided(&fk)?);
+    let fits = w <= m
+        && m <= n
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && q.covers(heads, m, dim)
+        && k.covers(kv_heads, n, dim);
+    if !fits {
+        return None;
+    }
+    let group = heads / kv_heads;
+    let mut out = vec![0f32; heads * w * n];
+    if out.is_empty() {
+        return Some(Tensor::from_data(
+            TensorData::new(out, [1, heads, w, n]),
+            &queries.device(),
+        ));
+    }
+    let head_probabilities = |head: usize, probs: &mut [f32]| {
+        let rows = q.rows_from(head, m - w);
+        let keys = k.rows_from(head / group, 0);
+        // probs = q_window · kᵀ · scale, [w, n]
+        // SAFETY: `probs` is w × n (row-major); query row i lies at i · q.row_stride in `rows`
+        // and key row j at j · k.row_stride in `keys` (the views cover their shapes);
+        // nothing else aliases `probs`.
+        unsafe {
+            gemm::gemm(
+                w,
+                n,
+                dim,
+                probs.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                rows.as_ptr(),
+                1,
+                q.row_stride as isize,
+                keys.as_ptr(),
+                k.row_stride as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        softmax_window_rows(probs, n, n - w + 1);
+    };
+    let per_thread = heads.div_ceil(super::threads().min(heads).max(1));
+    std::thread::scope(|scope| {
+        for (part, chunk) in out.chunks_mut(per_thread * w * n).enumerate() {
+            let head_probabilities = &head_probabilities;
+            scope.spawn(move || {
+                for (i, probs) in chunk.chunks_mut(w * n).enumerate() {
+                    head_probabilities(part * per_thread + i, probs);
+                }
+            });
+        }
+    });
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, heads, w, n]),
+        &queries.device(),
+    ))
+}
+
+widest_simd! {
+    /// Row-wise softmax of `[rows, n]` scores where row `i` sees its first `first_sees + i`
+    /// columns (the rest become 0).
+    fn softmax_window_rows(scores: &mut [f32], n: usize, first_sees: usize) => softmax_rows_body
+}
+
+/// The body of [`softmax_window_rows`].
+#[inline(always)]
+fn softmax_rows_body(scores: &mut [f32], n: usize, first_sees: usize) {
+    for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+        let (live, masked) = row.split_at_mut((first_sees + i).min(n));
+        masked.fill(0.0);
+        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in live.iter_mut() {
+            *x = exp(*x - max);
+        }
+        let inverse = 1.0 / lane_sum(live);
+        for x in live.iter_mut() {
+            *x *= inverse;
+        }
+    }
+}
+
 /// Per-thread buffers.
 struct Scratch {
     /// `[QUERY_BLOCK, KEY_TILE]` scores, then probabilities.

@@ -1,5 +1,6 @@
 //! Kernels of ours for the flex (CPU) backend, where burn-flex's own are slow: prefill's causal
-//! attention ([`attention`]) and the gated activation of the MLP ([`activation`]).
+//! attention and the presses' window attention ([`attention`]), and the gated activation of the
+//! MLP ([`activation`]).
 //!
 //! Each entry point takes burn tensors of any backend and returns `None` unless the backend is
 //! [`Flex`] with f32 data in a layout the kernel reads (then the caller runs its generic burn
@@ -23,6 +24,12 @@ fn flex_tensor<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTenso
     let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
     let tensor = *primitive.downcast::<FlexTensor>().ok()?;
     (tensor.dtype() == DType::F32).then_some(tensor)
+}
+
+/// The available cores (read once).
+fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// A `[heads, rows, dim]` view of f32 memory: element `(h, r, c)` at
