@@ -560,6 +560,7 @@ impl<B: Backend> LayerCache<B> {
                 ),
             });
         }
+        let (keys, values) = (contiguous(keys), contiguous(values));
         self.append_full(Kv { keys, values }, h_kv);
         if self.positions.is_empty() {
             self.positions = vec![Vec::new(); h_kv];
@@ -1165,6 +1166,17 @@ impl<B: Backend> KvCache<B> {
     pub fn unquantized_bytes(&self) -> usize {
         self.layers.iter().map(LayerCache::unquantized_bytes).sum()
     }
+}
+
+/// `t` with its entries laid out contiguously where the backend gains from it (on flex, the
+/// heads-first views of token-major projections the model appends; presses then read plain
+/// rows); `t` itself elsewhere.
+fn contiguous<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if let Some(laid_out) = crate::cpu::contiguous(&t) {
+        return laid_out;
+    }
+    t
 }
 
 #[cfg(all(test, feature = "flex"))]

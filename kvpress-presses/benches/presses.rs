@@ -43,9 +43,9 @@ impl Layer {
         Self {
             hidden: Tensor::random([1, n, HIDDEN], normal, &dev),
             // Heads-first views of token-major projections, as the model hands them over.
-            // (post-RoPE keys are contiguous, values and pre-RoPE queries are not).
+            // (the cache lays keys and values out contiguously as it takes them).
             queries: Tensor::random([1, n, HEADS, HEAD_DIM], normal, &dev).swap_dims(1, 2),
-            keys: Tensor::random([1, KV_HEADS, n, HEAD_DIM], normal, &dev),
+            keys: Tensor::random([1, n, KV_HEADS, HEAD_DIM], normal, &dev).swap_dims(1, 2),
             values: Tensor::random([1, n, KV_HEADS, HEAD_DIM], normal, &dev).swap_dims(1, 2),
             positions: (0..n).collect(),
             rope,

@@ -26,6 +26,43 @@ fn flex_tensor<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTenso
     (tensor.dtype() == DType::F32).then_some(tensor)
 }
 
+/// `t` laid out contiguously when it is a flex view whose rows (last dimension) are contiguous
+/// but whose other dimensions are permuted or sliced, copied row by row (burn-flex walks such
+/// views element by element, in its copies and in every element-wise op on them); `None`
+/// otherwise (other backends, already contiguous, other layouts).
+pub(crate) fn contiguous<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    let flex = flex_tensor(t)?;
+    let layout = flex.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    if flex.is_contiguous() || D == 0 || strides[D - 1] != 1 || strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    let row = shape[D - 1];
+    let rows: usize = (0..D - 1).map(|i| shape[i]).product();
+    let data: &[f32] = flex.storage();
+    let mut out = Vec::with_capacity(rows * row);
+    let mut index = [0usize; D];
+    for _ in 0..rows {
+        let start = layout.start_offset()
+            + (0..D - 1)
+                .map(|i| index[i] * strides[i] as usize)
+                .sum::<usize>();
+        out.extend_from_slice(data.get(start..start + row)?);
+        // next row index, last outer dimension fastest
+        for i in (0..D - 1).rev() {
+            index[i] += 1;
+            if index[i] < shape[i] {
+                break;
+            }
+            index[i] = 0;
+        }
+    }
+    Some(Tensor::from_data(
+        burn::tensor::TensorData::new(out, t.shape()),
+        &t.device(),
+    ))
+}
+
 /// The available cores (read once).
 fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -70,4 +107,33 @@ fn strided(t: &FlexTensor) -> Option<Strided<'_>> {
         head_stride: strides[1] as usize,
         row_stride: strides[2] as usize,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn contiguous_copies_of_views_hold_the_same_values() {
+        let dev = Default::default();
+        let x = Tensor::<Flex, 4>::random([1, 7, 3, 5], Distribution::Default, &dev);
+        let views = [
+            x.clone().swap_dims(1, 2),
+            x.clone().narrow(1, 2, 4),
+            x.clone().swap_dims(1, 2).narrow(2, 1, 5),
+        ];
+        for view in views {
+            let want: Vec<f32> = view.clone().into_data().to_vec().expect("f32");
+            let laid_out = contiguous(&view).expect("a view with contiguous rows");
+            assert_eq!(laid_out.dims(), view.dims());
+            let got: Vec<f32> = laid_out.into_data().to_vec().expect("f32");
+            assert_eq!(got, want);
+        }
+        assert!(contiguous(&x).is_none(), "already contiguous");
+        assert!(
+            contiguous(&x.swap_dims(2, 3)).is_none(),
+            "rows not contiguous"
+        );
+    }
 }
