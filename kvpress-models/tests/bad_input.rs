@@ -6,7 +6,6 @@ use std::path::Path;
 
 use common::Meta;
 
-use burn::backend::Flex;
 use kvpress_models::config::Architecture;
 use kvpress_models::llama::ForwardOptions;
 use kvpress_models::loading::gguf::GgufFile;
@@ -15,7 +14,7 @@ use kvpress_models::testing::{random_weights, tiny_config};
 use kvpress_models::weights::{HostTensor, WeightSource};
 use kvpress_models::{Llama, ModelError, ModelFiles};
 
-type B = Flex;
+use common::B;
 
 /// Writes a complete tiny HF directory and returns the path of its safetensors file.
 fn write_hf_dir(dir: &Path) -> std::path::PathBuf {

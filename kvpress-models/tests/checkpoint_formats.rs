@@ -6,7 +6,6 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use burn::backend::Flex;
 use kvpress_models::config::{Architecture, LlamaConfig};
 use kvpress_models::llama::ForwardOptions;
 use kvpress_models::testing::{random_weights, tiny_config};
@@ -14,7 +13,7 @@ use kvpress_models::weights::{HostTensor, MemoryWeights, WeightSource};
 use kvpress_models::{Llama, ModelFiles};
 use safetensors::tensor::{Dtype, TensorView};
 
-type B = Flex;
+use common::B;
 
 /// Stores `t` as `dtype` and returns the bytes and the values as read back.
 fn encode(t: &HostTensor, dtype: Dtype) -> (Vec<u8>, Vec<f32>) {

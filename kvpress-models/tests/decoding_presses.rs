@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Mutex;
 
-use burn::backend::Flex;
 use kvpress_core::error::Result;
 use kvpress_core::{LayerCache, LayerInputs, Press};
 use kvpress_models::ModelFiles;
@@ -14,7 +13,7 @@ use kvpress_models::llama::ForwardOptions;
 use kvpress_models::pipeline::{Pipeline, Request};
 use kvpress_presses::registry::build;
 
-type B = Flex;
+use common::B;
 
 /// Records, after every decoding forward, each layer's cache length and last position.
 struct Watch {

@@ -4,12 +4,11 @@
 
 mod common;
 
-use burn::backend::Flex;
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
 use kvpress_presses::registry::build;
 
-type B = Flex;
+use common::B;
 
 fn check(expr: &str) {
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");

@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::B;
+
 use common::ids;
 
-use burn::backend::Flex;
 use kvpress_models::generate::{GenerationOptions, generate, top_k};
 use kvpress_models::{ChatMessage, ModelFiles};
 
@@ -25,7 +26,7 @@ fn matches_transformers_on_all_golden_prompts() {
     let golden = common::golden("model.json");
     let files = ModelFiles::open(&common::default_model_dir()).expect("open default model");
     let device = Default::default();
-    let model = files.load_model::<Flex>(&device).expect("load");
+    let model = files.load_model::<B>(&device).expect("load");
     let mut worst = 0f64;
     for prompt in golden["prompts"].as_array().expect("prompts") {
         let name = prompt["name"].as_str().expect("name");

@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::B;
+
 use common::ids;
 
-use burn::backend::Flex;
 use kvpress_models::ModelFiles;
 use kvpress_models::pipeline::{Pipeline, Request};
 
@@ -14,7 +15,7 @@ use kvpress_models::pipeline::{Pipeline, Request};
 fn split_ids_and_uncompressed_answer_match_kvpress() {
     let golden = common::golden("presses_r0.5.json");
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");
-    let model = files.load_model::<Flex>(&Default::default()).expect("load");
+    let model = files.load_model::<B>(&Default::default()).expect("load");
     let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
     let request = Request::new(golden["context"].as_str().expect("context"))
         .question(golden["question"].as_str().expect("question"))
@@ -48,7 +49,7 @@ fn split_ids_and_uncompressed_answer_match_kvpress() {
 fn several_questions_reuse_one_context_and_match_separate_runs() {
     let golden = common::golden("presses_r0.5.json");
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");
-    let model = files.load_model::<Flex>(&Default::default()).expect("load");
+    let model = files.load_model::<B>(&Default::default()).expect("load");
     let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
     // A shorter context keeps the test quick.
     let context = first_words(&golden, 400);
@@ -84,7 +85,7 @@ fn several_questions_reuse_one_context_and_match_separate_runs() {
 #[test]
 fn empty_and_overlong_contexts_are_clear_errors() {
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");
-    let model = files.load_model::<Flex>(&Default::default()).expect("load");
+    let model = files.load_model::<B>(&Default::default()).expect("load");
     let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
     let err = pipe
         .run(&Request::new("   "), None)
@@ -111,7 +112,7 @@ fn empty_and_overlong_contexts_are_clear_errors() {
 fn shared_prefill_matches_separate_runs() {
     let golden = common::golden("presses_r0.5.json");
     let files = ModelFiles::open(&common::default_model_dir()).expect("open");
-    let model = files.load_model::<Flex>(&Default::default()).expect("load");
+    let model = files.load_model::<B>(&Default::default()).expect("load");
     let pipe = Pipeline::new(&model, &files.tokenizer, files.eos_token_ids.clone());
     let context = first_words(&golden, 300);
     let request = Request::new(context)
@@ -126,9 +127,9 @@ fn shared_prefill_matches_separate_runs() {
     ];
     let built: Vec<_> = expressions
         .iter()
-        .map(|e| kvpress_presses::registry::build::<Flex>(e, Some(0.5)).expect(e))
+        .map(|e| kvpress_presses::registry::build::<B>(e, Some(0.5)).expect(e))
         .collect();
-    let mut presses: Vec<Option<&dyn kvpress_core::Press<Flex>>> = vec![None];
+    let mut presses: Vec<Option<&dyn kvpress_core::Press<B>>> = vec![None];
     presses.extend(built.iter().map(|p| Some(p.as_ref())));
 
     let shared = pipe.run_shared(&request, &presses).expect("shared");

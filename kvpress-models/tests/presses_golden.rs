@@ -13,7 +13,6 @@ mod common;
 
 use std::sync::Mutex;
 
-use burn::backend::Flex;
 use burn::tensor::Tensor;
 use kvpress_core::error::Result;
 use kvpress_core::press::{HostScores, kept_count};
@@ -41,7 +40,7 @@ use kvpress_presses::streaming_llm::StreamingLlm;
 use kvpress_presses::think::Think;
 use kvpress_presses::tova::Tova;
 
-type B = Flex;
+use common::B;
 
 /// One layer's scores `[h_kv][n]` and protected mask.
 type LayerScores = (Vec<Vec<f32>>, Vec<bool>);

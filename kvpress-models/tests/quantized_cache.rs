@@ -5,7 +5,6 @@
 
 mod common;
 
-use burn::backend::Flex;
 use kvpress_core::{KvBits, KvQuantization, Press};
 use kvpress_models::ModelFiles;
 use kvpress_models::generate::{GenerationOptions, continue_generation};
@@ -13,7 +12,7 @@ use kvpress_models::llama::ForwardOptions;
 use kvpress_models::pipeline::{Pipeline, Request};
 use kvpress_presses::registry::build;
 
-type B = Flex;
+use common::B;
 
 /// Logits after the question, from a context prefilled into the pipeline's cache.
 fn first_token_logits(

@@ -1,14 +1,15 @@
 //! Properties of the decoder on tiny random-weight models of every supported architecture.
 
-use burn::backend::Flex;
+mod common;
+
+use common::B;
+
 use burn::tensor::Tensor;
 use kvpress_models::Llama;
 use kvpress_models::config::{Architecture, LlamaConfig};
 use kvpress_models::llama::ForwardOptions;
 use kvpress_models::testing::{random_weights, tiny_config};
 use kvpress_models::weights::{HostTensor, MemoryWeights, WeightSource};
-
-type B = Flex;
 
 const ARCHS: [Architecture; 4] = [
     Architecture::Llama,

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::backend::Flex;
+use burn::tensor::backend::Backend;
 use kvpress_core::press::TimedPress;
 use kvpress_core::{KvQuantization, Press};
 use kvpress_models::default_model::ensure_default_model;
@@ -22,8 +22,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::filler::essay;
-
-type B = Flex;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,6 +81,32 @@ pub struct BenchArgs {
     /// Most recent entries per head kept in full precision.
     #[arg(long, default_value_t = 128)]
     kv_residual: usize,
+    /// Where to run: flex (CPU) or cuda (NVIDIA GPU; xtask built with `--features cuda`).
+    #[arg(long, value_enum, default_value_t = Device::Flex)]
+    device: Device,
+    /// Float type of weights, activations and cache.
+    #[arg(long, value_enum, default_value_t = DType::F32)]
+    dtype: DType,
+}
+
+/// The device a bench runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// burn-flex on the CPU.
+    #[default]
+    Flex,
+    /// burn-cuda on GPU 0.
+    Cuda,
+}
+
+/// The float type of a bench.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    #[default]
+    F32,
+    Bf16,
 }
 
 /// The presses `cargo xtask bench` measures by default (the issue's list).
@@ -118,6 +142,10 @@ pub struct WorkerArgs {
     kv_group_size: usize,
     #[arg(long, default_value_t = 128)]
     kv_residual: usize,
+    #[arg(long, value_enum, default_value_t = Device::Flex)]
+    device: Device,
+    #[arg(long, value_enum, default_value_t = DType::F32)]
+    dtype: DType,
 }
 
 impl WorkerArgs {
@@ -168,6 +196,12 @@ pub struct Measurement {
     pub cache_bytes_unquantized: usize,
     /// Peak resident memory of the worker (VmHWM), KiB.
     pub peak_rss_kib: u64,
+    /// Where it ran (host RSS above; device memory is not measured).
+    #[serde(default)]
+    pub device: Device,
+    /// The float type.
+    #[serde(default)]
+    pub dtype: DType,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -218,7 +252,7 @@ fn random_ids(vocab: usize, n: usize) -> Vec<u32> {
 
 /// One prefill of `ids` compressed by `press`: seconds, seconds inside the press, the cache and
 /// the last logits.
-fn prefill(
+fn prefill<B: Backend>(
     model: &Llama<B>,
     ids: &[u32],
     press: Option<&dyn Press<B>>,
@@ -250,23 +284,49 @@ fn prefill(
 
 /// Runs one measurement in this process and prints it as a JSON line.
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    use burn::backend::Flex;
+    #[cfg(feature = "cuda")]
+    use half::bf16;
+    let m = match (args.device, args.dtype) {
+        (Device::Flex, DType::F32) => measure::<Flex>(args, &Default::default())?,
+        (Device::Flex, DType::Bf16) => {
+            bail!("--dtype bf16 needs --device cuda (burn-flex computes in f32)")
+        }
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, DType::F32) => measure::<burn::backend::Cuda>(args, &Default::default())?,
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, DType::Bf16) => {
+            measure::<burn::backend::Cuda<bf16>>(args, &Default::default())?
+        }
+        #[cfg(not(feature = "cuda"))]
+        (Device::Cuda, _) => bail!(
+            "--device cuda needs xtask built with the cuda feature: \
+             cargo run --release -p xtask --features cuda -- bench --device cuda ..."
+        ),
+    };
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+/// One measurement on backend `B` and `device`.
+fn measure<B: Backend>(args: &WorkerArgs, device: &B::Device) -> anyhow::Result<Measurement> {
     let (mut model, ids) = match &args.random_config {
         Some(path) => {
             let config = LlamaConfig::from_file(path)?;
             let weights = random_weights(&config, 7);
             let ids = random_ids(config.vocab_size, args.length);
-            (
-                Llama::<B>::load(config, &weights, &Default::default())?,
-                ids,
-            )
+            (Llama::<B>::load(config, &weights, device)?, ids)
         }
         None => {
             let files = ModelFiles::open(&args.model)?;
             let ids = context_ids(&files, args.length)?;
-            (files.load_model::<B>(&Default::default())?, ids)
+            (files.load_model::<B>(device)?, ids)
         }
     };
-    model.set_attention_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // CPU kernels split heads over the cores; a GPU kernel is parallel already.
+    if args.device == Device::Flex {
+        model.set_attention_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
     // Decoding after a context that fills the training window runs past it; allowed for timing.
     model.set_ignore_max_position(
         args.ignore_max_position
@@ -319,9 +379,18 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         kv_quant: quantization.map(|q| format!("{}_g{}_r{}", q.bits, q.group_size, q.residual)),
         cache_bytes_unquantized,
         peak_rss_kib: peak_rss_kib(),
+        device: args.device,
+        dtype: args.dtype,
     };
-    println!("{}", serde_json::to_string(&m)?);
-    Ok(())
+    Ok(m)
+}
+
+/// The command-line spelling of a value of `--device` or `--dtype`.
+fn value_name(value: impl clap::ValueEnum) -> anyhow::Result<String> {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .context("a value without a name")
 }
 
 fn workspace_root() -> PathBuf {
@@ -384,7 +453,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.compression_ratio.clone()
     };
     for p in &presses {
-        build::<B>(p, Some(ratios[0])).map_err(|e| anyhow::anyhow!("bad --press: {e}"))?;
+        build::<burn::backend::Flex>(p, Some(ratios[0]))
+            .map_err(|e| anyhow::anyhow!("bad --press: {e}"))?;
     }
     let formats: Vec<Option<&str>> = args
         .kv_quant
@@ -439,6 +509,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if args.random_weights {
             command.arg("--random-config").arg(&model);
         }
+        command
+            .args(["--device", &value_name(args.device)?])
+            .args(["--dtype", &value_name(args.dtype)?]);
         if let Some(f) = format {
             command
                 .args(["--kv-quant", f])
@@ -601,4 +674,26 @@ fn report(
     }
     eprintln!("wrote {} and bench.csv", json_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration `scripts/gpu-check.sh` benches is Llama-3.1-8B's: it parses, its
+    /// RoPE scaling is understood, and it describes 8,030,261,248 parameters (the published
+    /// count of Llama-3.1-8B).
+    #[test]
+    fn the_gpu_check_config_is_llama_3_1_8b() {
+        let path = workspace_root().join("scripts/llama-3.1-8b-config.json");
+        let c = LlamaConfig::from_file(&path).expect("config");
+        let (theta, _scaling) = c.rope().expect("llama3 RoPE scaling");
+        assert_eq!(theta, 500_000.0);
+        let (h, d, kv) = (c.hidden_size, c.head_dim(), c.num_kv_heads());
+        let attention = h * c.num_attention_heads * d * 2 + h * kv * d * 2;
+        let layer = attention + 3 * h * c.intermediate_size + 2 * h;
+        let params = 2 * c.vocab_size * h + c.num_hidden_layers * layer + h;
+        assert_eq!(params, 8_030_261_248);
+        assert_eq!(c.eos_token_ids(), vec![128001, 128008, 128009]);
+    }
 }

@@ -46,7 +46,18 @@ pub fn run(args: &CiArgs) -> anyhow::Result<()> {
     if !args.skip_cuda_check {
         cargo(
             "cuda build check",
-            &["check", "-p", "kvpress-cli", "--features", "cuda"],
+            &[
+                "check",
+                "-p",
+                "kvpress-cli",
+                "-p",
+                "kvpress-models",
+                "-p",
+                "xtask",
+                "--tests",
+                "--features",
+                "cuda",
+            ],
         )?;
     }
     eprintln!("==> default model");

@@ -8,6 +8,15 @@ use std::sync::OnceLock;
 
 use kvpress_models::default_model::{cache_root, default_gguf_path, ensure_default_model};
 
+/// The backend the integration tests run on: flex, or the CUDA device when built with
+/// `--features cuda` (`scripts/gpu-check.sh`).
+#[cfg(feature = "cuda")]
+pub type B = burn::backend::Cuda;
+/// The backend the integration tests run on: flex, or the CUDA device when built with
+/// `--features cuda` (`scripts/gpu-check.sh`).
+#[cfg(not(feature = "cuda"))]
+pub type B = burn::backend::Flex;
+
 /// The golden directory: `$KVPRESS_GOLDEN`, else `<workspace>/../shared/golden`.
 pub fn golden_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("KVPRESS_GOLDEN") {
