@@ -25,14 +25,19 @@ pub(crate) fn silu_mul<B: Backend, const D: usize>(
     let mut out = vec![0f32; g.len()];
     let threads = super::threads().min(g.len().div_ceil(CHUNK)).max(1);
     let per_thread = g.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let parts = out
-            .chunks_mut(per_thread)
-            .zip(g.chunks(per_thread).zip(u.chunks(per_thread)));
-        for (o, (g, u)) in parts {
-            scope.spawn(move || silu_mul_widest(g, u, o));
-        }
-    });
+    if threads == 1 {
+        // a decoding step: not worth a thread
+        silu_mul_widest(g, u, &mut out);
+    } else {
+        std::thread::scope(|scope| {
+            let parts = out
+                .chunks_mut(per_thread)
+                .zip(g.chunks(per_thread).zip(u.chunks(per_thread)));
+            for (o, (g, u)) in parts {
+                scope.spawn(move || silu_mul_widest(g, u, o));
+            }
+        });
+    }
     Some(Tensor::from_data(
         TensorData::new(out, gate.shape()),
         &gate.device(),

@@ -546,7 +546,6 @@ mod tests {
         dim: usize,
         token_major: bool,
     ) -> Strided<'_> {
-        let _ = heads;
         let (head_stride, row_stride) = if token_major {
             (dim, heads * dim)
         } else {
