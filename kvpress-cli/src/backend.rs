@@ -39,7 +39,7 @@ mod chosen {
     /// Name for reports.
     pub const NAME: &str = "flex";
 
-    /// burn-flex's fused attention runs one head at a time: give each core a group of heads.
+    /// Prefill attention (kvpress-core's CPU kernel) spreads query blocks over the cores.
     pub fn attention_threads() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }

@@ -1,4 +1,5 @@
-//! Causal grouped-query attention on host memory, for the flex (CPU) backend's prefill.
+//! Grouped-query attention on host memory for the flex (CPU) backend: prefill's causal
+//! attention ([`causal`]) and the presses' observation-window probabilities ([`window`]).
 //!
 //! burn-flex's fused kernel walks every score through a scalar loop (scale, mask, running max,
 //! `expf`) and computes the masked half of the diagonal tiles; on a 4k-token prefill of the
@@ -7,9 +8,9 @@
 //! whole rows in loops the compiler vectorises (a polynomial `exp` instead of the libm call) and
 //! leaves the two products per tile to `gemm`. Work is spread over threads by query block.
 //!
-//! Only [`crate::attention::chunked_attention`] calls it (through [`causal`]), on the flex
-//! backend, for the plain causal case (the queries are the last `s` keys; every earlier key is
-//! visible).
+//! [`crate::attention::chunked_attention`] calls [`causal`] for the plain causal case (the
+//! queries are the last `s` keys; every earlier key is visible),
+//! [`crate::attention::window_attention`] calls [`window`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
