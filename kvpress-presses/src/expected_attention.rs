@@ -101,10 +101,12 @@ impl ExpectedAttention {
             .mean_dim(2)
             .reshape([1, h_kv, t]);
         if self.use_vnorm {
-            // |v| first: one pass that also lays a strided view out contiguously, so the
-            // product runs on plain rows.
-            let v = values.clone().narrow(2, sink, t).abs();
-            let norms = (v.clone() * v).sum_dim(3).sqrt().reshape([1, h_kv, t]);
+            // Over all values as stored, then the sinks dropped (as the logits above).
+            let norms = (values.clone() * values.clone())
+                .sum_dim(3)
+                .sqrt()
+                .narrow(2, sink, t)
+                .reshape([1, h_kv, t]);
             scores = scores.add_scalar(self.epsilon) * norms;
         }
         let sinks = Tensor::<B, 3>::zeros([1, h_kv, sink], &device);
