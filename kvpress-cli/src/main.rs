@@ -417,6 +417,7 @@ pub struct EvalArgs {
 }
 
 fn main() {
+    kvpress_core::allocator::tune_for_tensors();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -965,14 +965,26 @@ impl<B: Backend> LayerCache<B> {
     }
 }
 
-/// `buffer` (`[1, h, capacity, d]`) with `new` written at entries `at..at + new.len()`.
+/// `buffer` (`[1, h, capacity, d]`) with `new` written at entries `at..at + new.len()`, in
+/// place when the buffer is the only owner of its memory.
 fn write_at<B: Backend>(buffer: Kv<B>, at: usize, new: Kv<B>) -> Kv<B> {
-    let [_, h, _, d] = buffer.keys.dims();
-    let span = [0..1, 0..h, at..at + new.len(), 0..d];
     Kv {
-        keys: buffer.keys.slice_assign(span.clone(), new.keys),
-        values: buffer.values.slice_assign(span, new.values),
+        keys: write_entries(buffer.keys, at, new.keys),
+        values: write_entries(buffer.values, at, new.values),
     }
+}
+
+/// One tensor of [`write_at`]. burn-flex's `slice_assign` copies the whole buffer (it clones
+/// its handle before writing, so the copy-on-write always fires: 6 MiB per layer and decoding
+/// step at 4k tokens), hence the host path first.
+fn write_entries<B: Backend>(buffer: Tensor<B, 4>, at: usize, new: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let buffer = match crate::cpu::write_rows(buffer, at, &new) {
+        Ok(written) => return written,
+        Err(buffer) => buffer,
+    };
+    let [_, h, _, d] = buffer.dims();
+    buffer.slice_assign([0..1, 0..h, at..at + new.dims()[2], 0..d], new)
 }
 
 /// The basis cache entries are read in.

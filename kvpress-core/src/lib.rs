@@ -18,11 +18,13 @@
 //! Everything is generic over a burn [`Backend`](burn::tensor::backend::Backend).
 
 pub mod activation;
+pub mod allocator;
 pub mod artifacts;
 pub mod attention;
 pub mod cache;
 #[cfg(feature = "flex")]
 mod cpu;
+pub mod dense;
 pub mod error;
 pub mod press;
 pub mod quant;

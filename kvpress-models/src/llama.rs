@@ -7,6 +7,7 @@
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use kvpress_core::activation::silu_mul;
 use kvpress_core::attention::AttentionOptions;
+use kvpress_core::dense;
 use kvpress_core::{
     AttentionWeights, KvCache, KvQuantization, LayerCache, LayerInputs, Press, RotaryEmbedding,
 };
@@ -30,7 +31,7 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, i] = x.dims();
         let out = self.weight.dims()[1];
-        let y = x.reshape([b * s, i]).matmul(self.weight.clone());
+        let y = dense::matmul(x.reshape([b * s, i]), self.weight.clone());
         let y = match &self.bias {
             Some(bias) => y + bias.clone().reshape([1, out]),
             None => y,
@@ -462,7 +463,7 @@ impl<B: Backend> Llama<B> {
                 head.forward(hidden.reshape([1, r, h]))
                     .reshape([r, self.config.vocab_size])
             }
-            None => hidden.matmul(self.embed_tokens.clone().transpose()),
+            None => dense::matmul(hidden, self.embed_tokens.clone().transpose()),
         }
     }
 

@@ -31,6 +31,7 @@ enum Command {
 }
 
 fn main() {
+    kvpress_core::allocator::tune_for_tensors();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),

@@ -1,6 +1,6 @@
 //! Kernels of ours for the flex (CPU) backend, where burn-flex's own are slow: prefill's causal
-//! attention and the presses' window attention ([`attention`]), and the gated activation of the
-//! MLP ([`activation`]).
+//! attention and the presses' window attention ([`attention`]), the gated activation of the
+//! MLP ([`activation`]) and the dense layers of a decoding step ([`matvec`]).
 //!
 //! Each entry point takes burn tensors of any backend and returns `None` unless the backend is
 //! [`Flex`] with f32 data in a layout the kernel reads (then the caller runs its generic burn
@@ -11,10 +11,11 @@
 mod math;
 pub(crate) mod activation;
 pub(crate) mod attention;
+pub(crate) mod matvec;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
 
 /// The flex tensor behind `t` when `B` is [`Flex`] and `t` holds f32.
 fn flex_tensor<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
@@ -24,6 +25,71 @@ fn flex_tensor<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTenso
     let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
     let tensor = *primitive.downcast::<FlexTensor>().ok()?;
     (tensor.dtype() == DType::F32).then_some(tensor)
+}
+
+/// `t`'s flex tensor, taken out of it (no copy), when `B` is [`Flex`]; `t` back otherwise.
+fn into_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>> {
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Flex>() {
+        return Err(t);
+    }
+    let primitive: Box<dyn std::any::Any> = Box::new(t.into_primitive().tensor());
+    match primitive.downcast::<FlexTensor>() {
+        Ok(flex) => Ok(*flex),
+        // B is Flex, whose float primitive is FlexTensor
+        Err(_) => unreachable!("the float primitive of Flex is FlexTensor"),
+    }
+}
+
+/// The inverse of [`into_flex`]; only called once `B` is known to be [`Flex`].
+fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+    let primitive: Box<dyn std::any::Any> = Box::new(t);
+    match primitive.downcast::<B::FloatTensorPrimitive>() {
+        Ok(p) => Tensor::from_primitive(TensorPrimitive::Float(*p)),
+        Err(_) => unreachable!("B is Flex, whose float primitive is FlexTensor"),
+    }
+}
+
+/// `buffer` (`[1, h, capacity, d]`) with `new` (`[1, h, s, d]`) written at rows
+/// `at..at + s` of every head, in place; the buffer back, untouched, unless it is a contiguous
+/// f32 flex tensor that alone owns its memory and `new` a flex f32 view with contiguous rows.
+pub(crate) fn write_rows<B: Backend>(
+    buffer: Tensor<B, 4>,
+    at: usize,
+    new: &Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [_, h, capacity, d] = buffer.dims();
+    let [_, new_h, s, new_d] = new.dims();
+    let Some(source) = flex_tensor(new) else {
+        return Err(buffer);
+    };
+    let source = match strided(&source) {
+        Some(view) if new_h == h && new_d == d && at + s <= capacity && view.covers(h, s, d) => {
+            view
+        }
+        _ => return Err(buffer),
+    };
+    let mut flex = into_flex(buffer)?;
+    let whole = flex.is_contiguous()
+        && flex.layout().start_offset() == 0
+        && flex.dtype() == DType::F32
+        && flex.layout().num_elements() == h * capacity * d;
+    let written = match flex.try_storage_mut::<f32>() {
+        Some(target) if whole && target.len() >= h * capacity * d => {
+            for head in 0..h {
+                let rows = &mut target[(head * capacity + at) * d..][..s * d];
+                for (r, row) in rows.chunks_exact_mut(d).enumerate() {
+                    row.copy_from_slice(&source.rows_from(head, r)[..d]);
+                }
+            }
+            true
+        }
+        _ => false,
+    };
+    if written {
+        Ok(from_flex(flex))
+    } else {
+        Err(from_flex(flex))
+    }
 }
 
 /// `t` laid out contiguously when it is a flex view whose rows (last dimension) are contiguous
@@ -113,6 +179,35 @@ fn strided(t: &FlexTensor) -> Option<Strided<'_>> {
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    #[test]
+    fn rows_are_written_in_place_into_a_buffer_that_owns_its_memory() {
+        let dev = Default::default();
+        let buffer = Tensor::<Flex, 4>::zeros([1, 2, 6, 3], &dev);
+        let address = flex_tensor(&buffer).map(|t| t.storage::<f32>().as_ptr());
+        // a strided source: the heads-first view of token-major memory
+        let new =
+            Tensor::<Flex, 4>::random([1, 2, 2, 3], Distribution::Default, &dev).swap_dims(1, 2);
+        let want = Tensor::<Flex, 4>::zeros([1, 2, 6, 3], &dev)
+            .slice_assign([0..1, 0..2, 3..5, 0..3], new.clone());
+        let written = write_rows(buffer, 3, &new).expect("a buffer that owns its memory");
+        assert_eq!(
+            flex_tensor(&written).map(|t| t.storage::<f32>().as_ptr()),
+            address,
+            "written in place"
+        );
+        let got: Vec<f32> = written.into_data().to_vec().expect("f32");
+        let want: Vec<f32> = want.into_data().to_vec().expect("f32");
+        assert_eq!(got, want);
+        // a buffer whose memory is shared is handed back untouched
+        let shared = Tensor::<Flex, 4>::zeros([1, 2, 6, 3], &dev);
+        let other = shared.clone();
+        assert!(write_rows(shared, 0, &new).is_err());
+        drop(other);
+        // rows beyond the capacity: handed back
+        let small = Tensor::<Flex, 4>::zeros([1, 2, 2, 3], &dev);
+        assert!(write_rows(small, 1, &new).is_err());
+    }
 
     #[test]
     fn contiguous_copies_of_views_hold_the_same_values() {

@@ -1,0 +1,189 @@
+//! One row times a matrix on host memory for the flex backend: the dense layers of a decoding
+//! step, where burn-flex's gemm runs its single-row path on one core (about 30 GB/s of weight
+//! reads out of the ~41 GB/s two cores reach here). This kernel splits the output columns over
+//! rayon's threads (the pool burn-flex's gemm already uses) and streams the weight once.
+//!
+//! The weight is read through its strides, so both layouts of the models serve without a copy:
+//! `[k, n]` with rows contiguous (the dense layers store `Wᵀ`) and the transposed view of a
+//! contiguous `[n, k]` (the tied LM head, the embedding matrix).
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rayon::prelude::*;
+
+use super::flex_tensor;
+use super::math::lane_sum;
+
+/// Output columns per register block (eight AVX-512 accumulators).
+const COLUMN_BLOCK: usize = 128;
+/// Output columns per task at least (smaller tasks cost more to schedule than they save).
+const MIN_TASK: usize = 256;
+
+/// `x · w` for a single row `x` on the flex backend; `None` on other backends, element types,
+/// more rows, or layouts the kernel does not read.
+///
+/// # Shapes
+/// - `x`: `[1, k]`, `w`: `[k, n]` (rows contiguous, or the transpose of a contiguous `[n, k]`)
+/// - returns `[1, n]`
+pub(crate) fn row_times_matrix<B: Backend>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    let [m, k] = x.dims();
+    let [k_w, n] = w.dims();
+    if m != 1 || k != k_w || k == 0 || n == 0 {
+        return None;
+    }
+    let (fx, fw) = (flex_tensor(x)?, flex_tensor(w)?);
+    let x_strides = fx.layout().strides();
+    if x_strides[1] != 1 {
+        return None;
+    }
+    let x_data: &[f32] = fx.storage();
+    let x_row = x_data.get(fx.layout().start_offset()..)?.get(..k)?;
+    let layout = fw.layout();
+    let (k_stride, n_stride) = (layout.strides()[0], layout.strides()[1]);
+    let w_data: &[f32] = fw.storage();
+    let w_data = w_data.get(layout.start_offset()..)?;
+    let mut out = vec![0f32; n];
+    let tasks = super::threads().min(n.div_ceil(MIN_TASK)).max(1);
+    let per_task = n.div_ceil(tasks).next_multiple_of(COLUMN_BLOCK);
+    if n_stride == 1 && k_stride >= n as isize {
+        // [k, n], rows contiguous
+        let k_stride = k_stride as usize;
+        if w_data.len() < (k - 1) * k_stride + n {
+            return None;
+        }
+        out.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(task, y)| {
+                let first = task * per_task;
+                axpy_rows(x_row, &w_data[first..], k_stride, y);
+            });
+    } else if k_stride == 1 && n_stride >= k as isize {
+        // the transpose of [n, k], rows contiguous
+        let n_stride = n_stride as usize;
+        if w_data.len() < (n - 1) * n_stride + k {
+            return None;
+        }
+        out.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(task, y)| {
+                let first = task * per_task;
+                dot_rows(x_row, &w_data[first * n_stride..], n_stride, y);
+            });
+    } else {
+        return None;
+    }
+    Some(Tensor::from_data(TensorData::new(out, [1, n]), &x.device()))
+}
+
+widest_simd! {
+    /// `y[j] = Σᵢ x[i] · w[i · k_stride + j]` for the `y.len()` columns at the start of `w`.
+    fn axpy_rows(x: &[f32], w: &[f32], k_stride: usize, y: &mut [f32]) => axpy_rows_body
+}
+
+/// The body of [`axpy_rows`]: a block of columns accumulates in registers while the rows
+/// stream past.
+#[inline(always)]
+fn axpy_rows_body(x: &[f32], w: &[f32], k_stride: usize, y: &mut [f32]) {
+    for (block, y) in y.chunks_mut(COLUMN_BLOCK).enumerate() {
+        let first = block * COLUMN_BLOCK;
+        if let Ok(y) = <&mut [f32; COLUMN_BLOCK]>::try_from(&mut *y) {
+            let mut acc = [0f32; COLUMN_BLOCK];
+            for (i, &xi) in x.iter().enumerate() {
+                let row = &w[i * k_stride + first..][..COLUMN_BLOCK];
+                for (a, &wij) in acc.iter_mut().zip(row) {
+                    *a += xi * wij;
+                }
+            }
+            *y = acc;
+        } else {
+            // the last, narrower block
+            y.fill(0.0);
+            for (i, &xi) in x.iter().enumerate() {
+                let row = &w[i * k_stride + first..][..y.len()];
+                for (a, &wij) in y.iter_mut().zip(row) {
+                    *a += xi * wij;
+                }
+            }
+        }
+    }
+}
+
+widest_simd! {
+    /// `y[j] = Σᵢ x[i] · w[j · n_stride + i]` for the `y.len()` rows at the start of `w`.
+    fn dot_rows(x: &[f32], w: &[f32], n_stride: usize, y: &mut [f32]) => dot_rows_body
+}
+
+/// The body of [`dot_rows`]: 16 running sums per row, summed at the end.
+#[inline(always)]
+fn dot_rows_body(x: &[f32], w: &[f32], n_stride: usize, y: &mut [f32]) {
+    const LANES: usize = 16;
+    let k = x.len();
+    let whole = k - k % LANES;
+    for (j, out) in y.iter_mut().enumerate() {
+        let row = &w[j * n_stride..][..k];
+        let mut lanes = [0f32; LANES];
+        for (xs, ws) in x[..whole]
+            .chunks_exact(LANES)
+            .zip(row[..whole].chunks_exact(LANES))
+        {
+            for ((lane, &a), &b) in lanes.iter_mut().zip(xs).zip(ws) {
+                *lane += a * b;
+            }
+        }
+        let tail: f32 = x[whole..]
+            .iter()
+            .zip(&row[whole..])
+            .map(|(a, b)| a * b)
+            .sum();
+        *out = lane_sum(&lanes) + tail;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    fn close(got: Tensor<Flex, 2>, want: Tensor<Flex, 2>) {
+        let got: Vec<f32> = got.into_data().to_vec().expect("f32");
+        let want: Vec<f32> = want.into_data().to_vec().expect("f32");
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn equals_burns_matmul_in_both_weight_layouts() {
+        let dev = Default::default();
+        // widths around the block and task sizes, a k that is not a multiple of the lanes
+        for (k, n) in [(576, 1536), (37, 129), (64, 1000), (5, 3)] {
+            let x = Tensor::<Flex, 2>::random([1, k], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &dev);
+            let got = row_times_matrix(&x, &w).expect("[k, n] rows contiguous");
+            close(got, x.clone().matmul(w));
+            let w_t = Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev);
+            let view = w_t.transpose();
+            let got = row_times_matrix(&x, &view).expect("the transpose of [n, k]");
+            close(got, x.matmul(view));
+        }
+    }
+
+    #[test]
+    fn declines_several_rows_and_unread_layouts() {
+        let dev = Default::default();
+        let w = Tensor::<Flex, 2>::ones([8, 6], &dev);
+        assert!(row_times_matrix(&Tensor::<Flex, 2>::ones([2, 8], &dev), &w).is_none());
+        assert!(row_times_matrix(&Tensor::<Flex, 2>::ones([1, 6], &dev), &w).is_none());
+        // columns strided, rows strided: neither layout
+        let strided = Tensor::<Flex, 3>::ones([8, 6, 2], &dev)
+            .narrow(2, 0, 1)
+            .reshape([8, 6]);
+        if let Some(out) = row_times_matrix(&Tensor::<Flex, 2>::ones([1, 8], &dev), &strided) {
+            close(out, Tensor::<Flex, 2>::ones([1, 6], &dev).mul_scalar(8.0));
+        }
+    }
+}
