@@ -99,6 +99,15 @@ pub fn chunked_attention<B: Backend>(
     {
         return Ok(out);
     }
+    #[cfg(feature = "flex")]
+    if !fused
+        && g * s <= crate::cpu::attention::UNMASKED_MAX_ROWS
+        && let (Some(&first), Some(&last)) = (q_positions.iter().min(), q_positions.iter().max())
+        && sees_every_key(k_positions, n, (first, last), options)
+        && let Some(out) = crate::cpu::attention::unmasked(&q, &k, &v, options.scale)
+    {
+        return Ok(out);
+    }
     let repeated = fused.then(|| (repeat_kv(k.clone(), g), repeat_kv(v.clone(), g)));
     let chunk = (options.max_score_elements / (b * h * n.max(1))).clamp(1, s.max(1));
     let device = q.device();
@@ -155,12 +164,7 @@ pub fn chunked_attention<B: Backend>(
             )
         };
         let mut scores = qc.matmul(kc.swap_dims(2, 3)).mul_scalar(options.scale);
-        let needs_mask = k_positions.iter().any(|head| {
-            head[..visible].iter().any(|&p| p > first)
-                || options
-                    .sliding_window
-                    .is_some_and(|w| head[..visible].iter().any(|&p| p + w <= last))
-        });
+        let needs_mask = !sees_every_key(k_positions, visible, (first, last), options);
         if needs_mask {
             let bias: Vec<f32> = k_positions
                 .iter()
@@ -179,6 +183,22 @@ pub fn chunked_attention<B: Backend>(
         outputs.remove(0)
     } else {
         Tensor::cat(outputs, 2)
+    })
+}
+
+/// True when queries at positions `first..=last` all see the first `visible` keys of every
+/// head: none lies after `first` and, with a sliding window, none is out of `last`'s window.
+fn sees_every_key(
+    k_positions: &[Vec<usize>],
+    visible: usize,
+    (first, last): (usize, usize),
+    options: &AttentionOptions,
+) -> bool {
+    k_positions.iter().all(|head| {
+        head[..visible].iter().all(|&p| p <= first)
+            && options
+                .sliding_window
+                .is_none_or(|w| head[..visible].iter().all(|&p| p + w > last))
     })
 }
 

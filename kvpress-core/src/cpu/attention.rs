@@ -281,6 +281,193 @@ pub(crate) fn window<B: Backend>(
     ))
 }
 
+/// Keys per task of [`unmasked`] (tasks of one KV head are merged at the end).
+const KEYS_PER_TASK: usize = 512;
+/// Query rows per KV head up to which [`unmasked`] runs (a decoding step has `h_q / h_kv`).
+pub(crate) const UNMASKED_MAX_ROWS: usize = 16;
+
+/// Attention of a few queries that see every key (a decoding step), on the flex backend,
+/// reading the tensors in place; `None` on other backends, element types, layouts or more than
+/// [`UNMASKED_MAX_ROWS`] query rows per KV head.
+///
+/// burn's path runs a batched single-row matmul, a softmax through `expf` and a second matmul,
+/// each a pass over memory with its own thread wake-up; here every KV head's keys and values are
+/// read once, in blocks of [`KEYS_PER_TASK`] spread over rayon's threads, each block keeping
+/// its own running maximum and sum (merged at the end, as in flash-decoding).
+///
+/// # Shapes
+/// - `q`: `[1, h_q, s, d]`, `k`, `v`: `[1, h_kv, n, d]`
+/// - returns `[1, h_q, s, d]`
+pub(crate) fn unmasked<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    scale: f32,
+) -> Option<Tensor<B, 4>> {
+    use rayon::prelude::*;
+    let [b, heads, s, dim] = q.dims();
+    let [kb, kv_heads, keys, kd] = k.dims();
+    if b != 1 || kb != 1 || kd != dim || v.dims() != k.dims() || kv_heads == 0 || keys == 0 {
+        return None;
+    }
+    if !heads.is_multiple_of(kv_heads) || (heads / kv_heads) * s > UNMASKED_MAX_ROWS {
+        return None;
+    }
+    let (fq, fk, fv) = (flex_tensor(q)?, flex_tensor(k)?, flex_tensor(v)?);
+    let (qv, kv, vv) = (strided(&fq)?, strided(&fk)?, strided(&fv)?);
+    if !(qv.covers(heads, s, dim) && kv.covers(kv_heads, keys, dim) && vv.covers(kv_heads, keys, dim))
+    {
+        return None;
+    }
+    let group = heads / kv_heads;
+    let rows = group * s;
+    // queries of KV head h as rows (query head h·g + i, token t) → row i·s + t, contiguous
+    let mut queries = vec![0f32; kv_heads * rows * dim];
+    for (r, row) in queries.chunks_exact_mut(dim).enumerate() {
+        let (head, t) = (r / s, r % s);
+        row.copy_from_slice(&qv.rows_from(head, t)[..dim]);
+    }
+    let blocks = keys.div_ceil(KEYS_PER_TASK);
+    let partials: Vec<Partial> = (0..kv_heads * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (h, block) = (task / blocks, task % blocks);
+            let first = block * KEYS_PER_TASK;
+            let len = KEYS_PER_TASK.min(keys - first);
+            let mut partial = Partial::new(rows, dim, len);
+            attend_block(
+                &queries[h * rows * dim..][..rows * dim],
+                (&kv.rows_from(h, first), kv.row_stride),
+                (&vv.rows_from(h, first), vv.row_stride),
+                len,
+                scale,
+                &mut partial,
+            );
+            partial
+        })
+        .collect();
+    // merge the blocks of each KV head: out = Σ e^(mᵦ−M)·accᵦ / Σ e^(mᵦ−M)·lᵦ
+    let mut out = vec![0f32; heads * s * dim];
+    for (h, head_blocks) in partials.chunks_exact(blocks).enumerate() {
+        for r in 0..rows {
+            let top = head_blocks
+                .iter()
+                .map(|p| p.max[r])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let o = &mut out[(h * rows + r) * dim..][..dim];
+            let mut total = 0f32;
+            for p in head_blocks {
+                let weight = (p.max[r] - top).exp();
+                total += weight * p.sum[r];
+                for (o, a) in o.iter_mut().zip(&p.acc[r * dim..][..dim]) {
+                    *o += weight * a;
+                }
+            }
+            let inverse = 1.0 / total;
+            for o in o.iter_mut() {
+                *o *= inverse;
+            }
+        }
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, heads, s, dim]),
+        &q.device(),
+    ))
+}
+
+/// One block's running softmax state: per row its maximum score, the sum of `e^(score − max)`
+/// and `Σ e^(score − max)·v` (`[rows, dim]`); `scores` is scratch (`[rows, keys]`).
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl Partial {
+    fn new(rows: usize, dim: usize, keys: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            acc: vec![0.0; rows * dim],
+            scores: vec![0.0; rows * keys],
+        }
+    }
+}
+
+widest_simd! {
+    /// Scores of `queries` (`[rows, dim]`) against `len` keys, their softmax numerators and the
+    /// weighted sum of the values, into `partial`. Keys and values: `(rows from the first,
+    /// row stride)`.
+    fn attend_block(
+        queries: &[f32],
+        keys: (&[f32], usize),
+        values: (&[f32], usize),
+        len: usize,
+        scale: f32,
+        partial: &mut Partial,
+    ) => attend_block_body
+}
+
+/// The body of [`attend_block`].
+#[inline(always)]
+fn attend_block_body(
+    queries: &[f32],
+    (k, k_stride): (&[f32], usize),
+    (v, v_stride): (&[f32], usize),
+    len: usize,
+    scale: f32,
+    partial: &mut Partial,
+) {
+    const LANES: usize = 16;
+    let rows = partial.max.len();
+    let dim = queries.len() / rows.max(1);
+    let whole = dim - dim % LANES;
+    let Partial {
+        max,
+        sum,
+        acc,
+        scores,
+    } = partial;
+    for j in 0..len {
+        let key = &k[j * k_stride..][..dim];
+        for (r, query) in queries.chunks_exact(dim).enumerate() {
+            let mut lanes = [0f32; LANES];
+            for (qs, ks) in query[..whole]
+                .chunks_exact(LANES)
+                .zip(key[..whole].chunks_exact(LANES))
+            {
+                for ((lane, &a), &b) in lanes.iter_mut().zip(qs).zip(ks) {
+                    *lane += a * b;
+                }
+            }
+            let tail: f32 = query[whole..]
+                .iter()
+                .zip(&key[whole..])
+                .map(|(a, b)| a * b)
+                .sum();
+            scores[r * len + j] = (lane_sum(&lanes) + tail) * scale;
+        }
+    }
+    for (r, row) in scores.chunks_exact_mut(len).enumerate() {
+        let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in row.iter_mut() {
+            *x = exp(*x - top);
+        }
+        max[r] = top;
+        sum[r] = lane_sum(row);
+    }
+    for j in 0..len {
+        let value = &v[j * v_stride..][..dim];
+        for (r, out) in acc.chunks_exact_mut(dim).enumerate() {
+            let p = scores[r * len + j];
+            for (o, &x) in out.iter_mut().zip(value) {
+                *o += p * x;
+            }
+        }
+    }
+}
+
 widest_simd! {
     /// Row-wise softmax of `[rows, n]` scores where row `i` sees its first `first_sees + i`
     /// columns (the rest become 0).
@@ -609,6 +796,50 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn unmasked_equals_direct_softmax_across_blocks_and_head_dims() {
+        use burn::backend::Flex;
+        let dev = Default::default();
+        // one query per head sees every key: the direct softmax with a single query
+        for (heads, kv_heads, keys, dim) in [
+            (9, 3, 1, 64),
+            (9, 3, 511, 64),
+            (9, 3, KEYS_PER_TASK + 1, 64),
+            (4, 2, 1500, 20),
+            (2, 2, 40, 8),
+        ] {
+            let shape = Shape {
+                heads,
+                kv_heads,
+                queries: 1,
+                keys,
+                dim,
+            };
+            let (q, k, v) = (
+                values(heads * dim, 4),
+                values(kv_heads * keys * dim, 5),
+                values(kv_heads * keys * dim, 6),
+            );
+            let want = naive(&q, &k, &v, shape, 0.125);
+            let tensor = |data: &[f32], h: usize, n: usize| {
+                Tensor::<Flex, 4>::from_data(TensorData::new(data.to_vec(), [1, h, n, dim]), &dev)
+            };
+            let got: Vec<f32> = unmasked(
+                &tensor(&q, heads, 1),
+                &tensor(&k, kv_heads, keys),
+                &tensor(&v, kv_heads, keys),
+                0.125,
+            )
+            .expect("flex tensors, one row per query head")
+            .into_data()
+            .to_vec()
+            .expect("f32");
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 2e-5, "{shape:?}: {a} vs {b}");
             }
         }
     }
