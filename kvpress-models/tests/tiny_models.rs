@@ -181,11 +181,13 @@ fn sliding_window_changes_long_range_outputs_only() {
     let full = full_forward(&model(&config, &weights), &ids);
     config.sliding_window = Some(8);
     let windowed = full_forward(&model(&config, &weights), &ids);
+    // the same values up to rounding: without a window the prefill takes the fused causal
+    // kernel, with one the masked path (measured 1.1e-6 apart)
     assert!(
         max_diff(
             full.clone().narrow(1, 0, 8),
             windowed.clone().narrow(1, 0, 8)
-        ) < 1e-6
+        ) < 1e-5
     );
     assert!(max_diff(full.narrow(1, 8, 12), windowed.narrow(1, 8, 12)) > 1e-4);
 }

@@ -315,7 +315,9 @@ pub(crate) fn unmasked<B: Backend>(
     }
     let (fq, fk, fv) = (flex_tensor(q)?, flex_tensor(k)?, flex_tensor(v)?);
     let (qv, kv, vv) = (strided(&fq)?, strided(&fk)?, strided(&fv)?);
-    if !(qv.covers(heads, s, dim) && kv.covers(kv_heads, keys, dim) && vv.covers(kv_heads, keys, dim))
+    if !(qv.covers(heads, s, dim)
+        && kv.covers(kv_heads, keys, dim)
+        && vv.covers(kv_heads, keys, dim))
     {
         return None;
     }
@@ -337,8 +339,8 @@ pub(crate) fn unmasked<B: Backend>(
             let mut partial = Partial::new(rows, dim, len);
             attend_block(
                 &queries[h * rows * dim..][..rows * dim],
-                (&kv.rows_from(h, first), kv.row_stride),
-                (&vv.rows_from(h, first), vv.row_stride),
+                (kv.rows_from(h, first), kv.row_stride),
+                (vv.rows_from(h, first), vv.row_stride),
                 len,
                 scale,
                 &mut partial,

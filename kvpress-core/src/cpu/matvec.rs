@@ -1,7 +1,9 @@
-//! One row times a matrix on host memory for the flex backend: the dense layers of a decoding
-//! step, where burn-flex's gemm runs its single-row path on one core (about 30 GB/s of weight
-//! reads out of the ~41 GB/s two cores reach here). This kernel splits the output columns over
-//! rayon's threads (the pool burn-flex's gemm already uses) and streams the weight once.
+//! The dense layers' products on host memory for the flex backend.
+//!
+//! One row times a matrix (a decoding step): burn-flex's gemm runs its single-row path on one
+//! core (about 30 GB/s of weight reads out of the ~41 GB/s two cores reach here); this kernel
+//! splits the output columns over rayon's threads (the pool burn-flex's gemm already uses) and
+//! streams the weight once. More rows: gemm, into an output buffer of ours.
 //!
 //! The weight is read through its strides, so both layouts of the models serve without a copy:
 //! `[k, n]` with rows contiguous (the dense layers store `Wᵀ`) and the transposed view of a
@@ -10,6 +12,8 @@
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
+use burn::backend::flex::FlexTensor;
+
 use super::flex_tensor;
 use super::math::lane_sum;
 
@@ -17,6 +21,74 @@ use super::math::lane_sum;
 const COLUMN_BLOCK: usize = 128;
 /// Output columns per task at least (smaller tasks cost more to schedule than they save).
 const MIN_TASK: usize = 256;
+
+/// Products of at least this many multiply-adds spread over rayon's threads (burn-flex's
+/// threshold).
+const PARALLEL_FROM: usize = 192 * 192 * 192;
+
+/// `x · w` on the flex backend by gemm into a buffer of ours; `None` on other backends,
+/// element types or layouts with negative strides.
+///
+/// burn-flex allocates a matmul's output as bytes of alignment 1 and then copies them into an
+/// aligned allocation: every dense layer of a prefill wrote its output twice (a 4k-token
+/// prefill of the default model: 2.5 GB of copies and their page faults).
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `w`: `[k, n]` (any non-negative strides); returns `[m, n]`
+pub(crate) fn matrix_times_matrix<B: Backend>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    let [m, k] = x.dims();
+    let [k_w, n] = w.dims();
+    if k != k_w || m == 0 || n == 0 || k == 0 {
+        return None;
+    }
+    let (fx, fw) = (flex_tensor(x)?, flex_tensor(w)?);
+    let view = |t: &FlexTensor, rows: usize, cols: usize| -> Option<(*const f32, isize, isize)> {
+        let layout = t.layout();
+        let (rs, cs) = (layout.strides()[0], layout.strides()[1]);
+        let data: &[f32] = t.storage();
+        let data = data.get(layout.start_offset()..)?;
+        let last =
+            (rows - 1) * usize::try_from(rs).ok()? + (cols - 1) * usize::try_from(cs).ok()?;
+        (last < data.len()).then_some((data.as_ptr(), rs, cs))
+    };
+    let (x_ptr, x_rs, x_cs) = view(&fx, m, k)?;
+    let (w_ptr, w_rs, w_cs) = view(&fw, k, n)?;
+    let mut out = vec![0f32; m * n];
+    let parallelism = if m * n * k >= PARALLEL_FROM {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `out` is m × n, row-major, and aliases nothing; every element of x (m × k) and
+    // w (k × n) read through its strides lies inside its storage (checked above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x_ptr,
+            x_cs,
+            x_rs,
+            w_ptr,
+            w_cs,
+            w_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Some(Tensor::from_data(TensorData::new(out, [m, n]), &x.device()))
+}
 
 /// `x · w` for a single row `x` on the flex backend; `None` on other backends, element types,
 /// more rows, or layouts the kernel does not read.
@@ -169,6 +241,25 @@ mod tests {
             let view = w_t.transpose();
             let got = row_times_matrix(&x, &view).expect("the transpose of [n, k]");
             close(got, x.matmul(view));
+        }
+    }
+
+    #[test]
+    fn matrix_products_equal_burns_matmul_in_every_layout() {
+        let dev = Default::default();
+        for (m, k, n) in [(2, 3, 4), (300, 70, 129), (200, 200, 200)] {
+            let x = Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &dev);
+            let w_t = Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev);
+            let x_t = Tensor::<Flex, 2>::random([k, m], Distribution::Normal(0.0, 1.0), &dev);
+            for (x, w) in [
+                (x.clone(), w.clone()),
+                (x.clone(), w_t.transpose()),
+                (x_t.transpose(), w),
+            ] {
+                let got = matrix_times_matrix(&x, &w).expect("non-negative strides");
+                close(got, x.matmul(w));
+            }
         }
     }
 
