@@ -23,8 +23,9 @@ pub struct AttentionOptions {
     pub sliding_window: Option<usize>,
     /// Upper bound on score elements (`b · h · rows · keys`) per chunk.
     pub max_score_elements: usize,
-    /// Threads that run groups of heads of the fused kernel concurrently (1: the calling thread
-    /// only). Useful on CPU backends whose fused kernel is single-threaded.
+    /// Threads that run the prefill's fused attention concurrently (1: the calling thread
+    /// only; on the flex backend, more: rayon's pool). Useful on CPU backends whose fused
+    /// kernel is single-threaded.
     pub threads: usize,
 }
 

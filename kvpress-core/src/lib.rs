@@ -29,6 +29,7 @@ pub mod error;
 pub mod press;
 pub mod quant;
 pub mod rope;
+pub mod threads;
 
 pub use cache::{CacheMark, KvCache, LayerCache};
 pub use error::CoreError;

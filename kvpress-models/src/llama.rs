@@ -7,10 +7,10 @@
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use kvpress_core::activation::silu_mul;
 use kvpress_core::attention::AttentionOptions;
-use kvpress_core::dense;
 use kvpress_core::{
     AttentionWeights, KvCache, KvQuantization, LayerCache, LayerInputs, Press, RotaryEmbedding,
 };
+use kvpress_core::{dense, threads};
 
 use crate::config::{Architecture, LlamaConfig};
 use crate::error::{ModelError, Result};
@@ -352,7 +352,20 @@ impl<B: Backend> Llama<B> {
 
     /// Runs `ids` at absolute `positions` through the decoder, appending their keys/values to
     /// `cache`, and returns the final-norm hidden states `[1, s, hidden]`.
+    ///
+    /// Runs on the backend's compute threads ([`threads::on_compute_threads`]).
     pub fn forward(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        cache: &mut KvCache<B>,
+        options: &ForwardOptions<'_, B>,
+    ) -> Result<Tensor<B, 3>> {
+        threads::on_compute_threads(|| self.forward_here(ids, positions, cache, options))
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(
         &self,
         ids: &[u32],
         positions: &[usize],

@@ -4,6 +4,8 @@
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
+use rayon::prelude::*;
+
 use super::flex_tensor;
 use super::math::exp;
 
@@ -23,20 +25,13 @@ pub(crate) fn silu_mul<B: Backend, const D: usize>(
     let n = gate.shape().num_elements();
     let (g, u) = (contiguous(&g, n)?, contiguous(&u, n)?);
     let mut out = vec![0f32; g.len()];
-    let threads = super::threads().min(g.len().div_ceil(CHUNK)).max(1);
-    let per_thread = g.len().div_ceil(threads).max(1);
-    if threads == 1 {
-        // a decoding step: not worth a thread
+    if g.len() <= CHUNK {
+        // a decoding step: not worth a task
         silu_mul_widest(g, u, &mut out);
     } else {
-        std::thread::scope(|scope| {
-            let parts = out
-                .chunks_mut(per_thread)
-                .zip(g.chunks(per_thread).zip(u.chunks(per_thread)));
-            for (o, (g, u)) in parts {
-                scope.spawn(move || silu_mul_widest(g, u, o));
-            }
-        });
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| silu_mul_widest(g, u, o));
     }
     Some(Tensor::from_data(
         TensorData::new(out, gate.shape()),

@@ -12,9 +12,8 @@
 //! queries are the last `s` keys; every earlier key is visible),
 //! [`crate::attention::window_attention`] calls [`window`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rayon::prelude::*;
 
 use super::math::{exp, lane_sum};
 use super::{Strided, flex_tensor, strided};
@@ -113,68 +112,47 @@ pub(crate) fn causal_attention(
         return Some(out);
     }
     let group = heads / kv_heads;
-    // One task per block of query rows (all heads), later blocks (more keys) first so that the
-    // threads finish together.
-    let blocks: Vec<std::sync::Mutex<Option<Block<'_>>>> = out
-        .chunks_mut(QUERY_BLOCK * heads * dim)
-        .enumerate()
-        .rev()
-        .map(|(block, o)| std::sync::Mutex::new(Some((block * QUERY_BLOCK, o))))
-        .collect();
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut scratch = Scratch::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(slot) = blocks.get(i) else { break };
-            let taken = match slot.lock() {
-                Ok(mut guard) => guard.take(),
-                Err(poisoned) => poisoned.into_inner().take(),
+    // One task per block of query rows (all heads).
+    let block = |scratch: &mut Scratch, (index, o): (usize, &mut [f32])| {
+        let first = index * QUERY_BLOCK;
+        let rows = o.len() / (heads * dim);
+        for head in 0..heads {
+            let kv = head / group;
+            let block = QueryBlock {
+                q: q.rows_from(head, first),
+                q_stride: q.row_stride,
+                rows,
+                // Query `first + r` sees keys up to `keys − queries + first + r`.
+                last_key_of_first_row: keys - queries + first,
             };
-            let Some((first, o)) = taken else {
-                continue;
+            let keys_values = (
+                k.rows_from(kv, 0),
+                k.row_stride,
+                v.rows_from(kv, 0),
+                v.row_stride,
+            );
+            let out = OutRows {
+                data: &mut o[head * dim..],
+                stride: heads * dim,
+                dim,
             };
-            let rows = o.len() / (heads * dim);
-            for head in 0..heads {
-                let kv = head / group;
-                let block = QueryBlock {
-                    q: q.rows_from(head, first),
-                    q_stride: q.row_stride,
-                    rows,
-                    // Query `first + r` sees keys up to `keys − queries + first + r`.
-                    last_key_of_first_row: keys - queries + first,
-                };
-                let keys_values = (
-                    k.rows_from(kv, 0),
-                    k.row_stride,
-                    v.rows_from(kv, 0),
-                    v.row_stride,
-                );
-                let out = OutRows {
-                    data: &mut o[head * dim..],
-                    stride: heads * dim,
-                    dim,
-                };
-                query_block(block, keys_values, out, scale, &mut scratch);
-            }
+            query_block(block, keys_values, out, scale, scratch);
         }
     };
-    let threads = threads.clamp(1, blocks.len());
-    if threads == 1 {
-        work();
+    let blocks = out.chunks_mut(QUERY_BLOCK * heads * dim).enumerate();
+    if threads <= 1 {
+        let mut scratch = Scratch::new();
+        blocks.for_each(|b| block(&mut scratch, b));
     } else {
-        std::thread::scope(|scope| {
-            for _ in 1..threads {
-                scope.spawn(work);
-            }
-            work();
-        });
+        // On rayon's pool (the one the dense layers use), blocks handed out one at a time, later
+        // blocks (more keys) first so that the threads finish together.
+        blocks
+            .rev()
+            .par_bridge()
+            .for_each_init(Scratch::new, |scratch, b| block(scratch, b));
     }
     Some(out)
 }
-
-/// A block of query rows: its first row and its output rows `[rows, heads, dim]`.
-type Block<'a> = (usize, &'a mut [f32]);
 
 /// Query rows of one head: row `r` at `q[r · q_stride ..][.. dim]`.
 struct QueryBlock<'a> {
@@ -264,17 +242,9 @@ pub(crate) fn window<B: Backend>(
         }
         softmax_window_rows(probs, n, n - w + 1);
     };
-    let per_thread = heads.div_ceil(super::threads().min(heads).max(1));
-    std::thread::scope(|scope| {
-        for (part, chunk) in out.chunks_mut(per_thread * w * n).enumerate() {
-            let head_probabilities = &head_probabilities;
-            scope.spawn(move || {
-                for (i, probs) in chunk.chunks_mut(w * n).enumerate() {
-                    head_probabilities(part * per_thread + i, probs);
-                }
-            });
-        }
-    });
+    out.par_chunks_mut(w * n)
+        .enumerate()
+        .for_each(|(head, probs)| head_probabilities(head, probs));
     Some(Tensor::from_data(
         TensorData::new(out, [1, heads, w, n]),
         &queries.device(),
@@ -304,7 +274,6 @@ pub(crate) fn unmasked<B: Backend>(
     v: &Tensor<B, 4>,
     scale: f32,
 ) -> Option<Tensor<B, 4>> {
-    use rayon::prelude::*;
     let [b, heads, s, dim] = q.dims();
     let [kb, kv_heads, keys, kd] = k.dims();
     if b != 1 || kb != 1 || kd != dim || v.dims() != k.dims() || kv_heads == 0 || keys == 0 {
