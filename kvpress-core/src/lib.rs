@@ -26,6 +26,7 @@ pub mod cache;
 mod cpu;
 pub mod dense;
 pub mod error;
+pub mod moments;
 pub mod press;
 pub mod quant;
 pub mod rope;

@@ -234,8 +234,14 @@ pub fn top_k_per_head(scores: &[Vec<f32>], protected: &[bool], k: usize) -> Vec<
     scores
         .iter()
         .map(|row| {
-            let mut idx = ranked(row, protected);
-            idx.truncate(k.min(row.len()));
+            let k = k.min(row.len());
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            if k > 0 && k < idx.len() {
+                // the first k in `ranked`'s order, without sorting the rest (a total order:
+                // the same set)
+                idx.select_nth_unstable_by(k - 1, |&a, &b| rank_order(row, protected, a, b));
+            }
+            idx.truncate(k);
             idx.sort_unstable();
             idx
         })
@@ -245,15 +251,19 @@ pub fn top_k_per_head(scores: &[Vec<f32>], protected: &[bool], k: usize) -> Vec<
 /// Indices of `row` from the most to the least worth keeping: flagged entries of `forced`
 /// (missing flags: false) first, then by descending score, ties to the lower index.
 pub fn ranked(row: &[f32], forced: &[bool]) -> Vec<usize> {
-    let is_forced = |i: usize| forced.get(i).copied().unwrap_or(false);
     let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &b| {
-        is_forced(b)
-            .cmp(&is_forced(a))
-            .then(row[b].total_cmp(&row[a]))
-            .then(a.cmp(&b))
-    });
+    idx.sort_by(|&a, &b| rank_order(row, forced, a, b));
     idx
+}
+
+/// The order of [`ranked`]: entry `a` before `b` when forced and `b` is not, else by
+/// descending score, ties to the lower index.
+fn rank_order(row: &[f32], forced: &[bool], a: usize, b: usize) -> std::cmp::Ordering {
+    let is_forced = |i: usize| forced.get(i).copied().unwrap_or(false);
+    is_forced(b)
+        .cmp(&is_forced(a))
+        .then(row[b].total_cmp(&row[a]))
+        .then(a.cmp(&b))
 }
 
 /// The head-wise budget step shared by AdaKV-style presses: over all heads of a layer
@@ -273,13 +283,18 @@ pub fn top_k_flattened(scores: &[Vec<f32>], forced: &[Vec<bool>], total: usize) 
         .enumerate()
         .flat_map(|(h, row)| (0..row.len()).map(move |i| (h, i)))
         .collect();
-    all.sort_by(|&(ha, a), &(hb, b)| {
+    let order = |&(ha, a): &(usize, usize), &(hb, b): &(usize, usize)| {
         is_forced(hb, b)
             .cmp(&is_forced(ha, a))
             .then(scores[hb][b].total_cmp(&scores[ha][a]))
             .then(a.cmp(&b))
             .then(ha.cmp(&hb))
-    });
+    };
+    let total = total.min(all.len());
+    if total > 0 && total < all.len() {
+        // the first `total` in that order, the rest left unsorted (a total order: the same set)
+        all.select_nth_unstable_by(total - 1, order);
+    }
     let mut kept = vec![Vec::new(); scores.len()];
     for &(h, i) in all.iter().take(total) {
         kept[h].push(i);

@@ -12,6 +12,8 @@ use kvpress_core::{
 };
 
 fn main() {
+    // as the binaries run (kvpress, cargo xtask bench)
+    kvpress_core::allocator::tune_for_tensors();
     divan::main();
 }
 

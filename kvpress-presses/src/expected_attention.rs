@@ -14,7 +14,7 @@
 
 use burn::tensor::{Tensor, activation::softmax, backend::Backend};
 use kvpress_core::error::{CoreError, Result};
-use kvpress_core::{LayerInputs, Scorer};
+use kvpress_core::{LayerInputs, Scorer, moments};
 
 /// The expected-attention scorer (defaults as kvpress).
 #[derive(Debug, Clone, Copy)]
@@ -86,13 +86,8 @@ impl ExpectedAttention {
         if let (true, Some(cov)) = (self.use_covariance, cov) {
             // R̄ Σ R̄ᵀ per query head, [1, h_kv, g, d, d]; kᵀ Σ' k for each head of the group.
             let cov_rot = r.matmul(cov).matmul(r_t).reshape([1, h_kv, g, d, d]);
-            let quadratic: Vec<Tensor<B, 4>> = (0..g)
-                .map(|j| {
-                    let cov_j = cov_rot.clone().narrow(2, j, 1).reshape([1, h_kv, d, d]);
-                    (keys.clone().matmul(cov_j) * keys.clone()).sum_dim(3) // [1, h_kv, n, 1]
-                })
-                .collect();
-            logits = logits + Tensor::cat(quadratic, 3).div_scalar(2.0 * d as f32);
+            let quadratic = moments::quadratic_forms(keys, &cov_rot); // [1, h_kv, n, g]
+            logits = logits + quadratic.div_scalar(2.0 * d as f32);
         }
         let logits = logits.narrow(2, sink, t); // [1, h_kv, T, g]
         let attention = softmax(logits.swap_dims(2, 3).reshape([1, h, t]), 2);
@@ -154,16 +149,11 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
             });
         }
         let q = queries.clone().narrow(2, first, m - first); // [1, h, T_q, d]
-        let rows = m - first;
-        // The queries arrive as a strided view (heads-first over token-major projections):
-        // reductions and element-wise ops would walk it index by index, matmuls read it as it
-        // is. μ = 1ᵀQ/T, Σ = QᵀQ/T − μμᵀ.
-        let ones = Tensor::<B, 4>::ones([1, 1, 1, rows], &queries.device());
-        let mean = ones.matmul(q.clone()).div_scalar(rows as f32); // [1, h, 1, d]
-        let cov = self.use_covariance.then(|| {
-            let second = q.clone().swap_dims(2, 3).matmul(q).div_scalar(rows as f32);
-            second - mean.clone().swap_dims(2, 3).matmul(mean.clone()) // [1, h, d, d]
-        });
+        // μ = Σq/T, Σ = Σqqᵀ/T − μμᵀ
+        let (mean, second) = moments::row_moments(&q); // [1, h, 1, d], [1, h, d, d]
+        let cov = self
+            .use_covariance
+            .then(|| second - mean.clone().swap_dims(2, 3).matmul(mean.clone()));
         let next = inputs.positions.iter().max().map_or(n, |&p| p + 1);
         self.score_with_statistics(inputs.rope, keys, values, mean, cov, next)
     }

@@ -15,7 +15,7 @@
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
-use super::math::{exp, lane_sum};
+use super::math::{dot, exp, lane_sum};
 use super::{Strided, flex_tensor, strided};
 
 /// Query rows per block (one task).
@@ -390,10 +390,8 @@ fn attend_block_body(
     scale: f32,
     partial: &mut Partial,
 ) {
-    const LANES: usize = 16;
     let rows = partial.max.len();
     let dim = queries.len() / rows.max(1);
-    let whole = dim - dim % LANES;
     let Partial {
         max,
         sum,
@@ -403,21 +401,7 @@ fn attend_block_body(
     for j in 0..len {
         let key = &k[j * k_stride..][..dim];
         for (r, query) in queries.chunks_exact(dim).enumerate() {
-            let mut lanes = [0f32; LANES];
-            for (qs, ks) in query[..whole]
-                .chunks_exact(LANES)
-                .zip(key[..whole].chunks_exact(LANES))
-            {
-                for ((lane, &a), &b) in lanes.iter_mut().zip(qs).zip(ks) {
-                    *lane += a * b;
-                }
-            }
-            let tail: f32 = query[whole..]
-                .iter()
-                .zip(&key[whole..])
-                .map(|(a, b)| a * b)
-                .sum();
-            scores[r * len + j] = (lane_sum(&lanes) + tail) * scale;
+            scores[r * len + j] = dot(query, key) * scale;
         }
     }
     for (r, row) in scores.chunks_exact_mut(len).enumerate() {

@@ -48,6 +48,30 @@ pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// `Σ a[i]·b[i]` over 16 running partial sums (vectorises like [`lane_sum`]); the lengths
+/// must match (the shorter one bounds the sum).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let len = a.len().min(b.len());
+    let whole = len - len % LANES;
+    let mut lanes = [0f32; LANES];
+    for (xs, ys) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(xs).zip(ys) {
+            *lane += x * y;
+        }
+    }
+    let tail: f32 = a[whole..len]
+        .iter()
+        .zip(&b[whole..len])
+        .map(|(x, y)| x * y)
+        .sum();
+    lane_sum(&lanes) + tail
+}
+
 /// `eˣ` for `x ≤ 0` within about 2 ulp (Cephes' `expf` reduction and polynomial), written
 /// without branches or calls so that loops over it vectorise; `x < −87` gives about `1e-38`
 /// instead of a subnormal or 0.
@@ -95,6 +119,14 @@ mod tests {
         assert!(worst < 2.5e-7, "relative error {worst}");
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn dot_sums_every_product() {
+        let x: Vec<f32> = (1..=37).map(|i| i as f32).collect();
+        let want: f32 = x.iter().map(|v| v * 2.0).sum();
+        assert_eq!(dot(&x, &[2.0; 37]), want);
+        assert_eq!(dot(&[], &[]), 0.0);
     }
 
     #[test]

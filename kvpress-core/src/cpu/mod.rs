@@ -12,6 +12,7 @@ mod math;
 pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod matvec;
+pub(crate) mod moments;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
