@@ -218,26 +218,13 @@ pub fn window_attention<B: Backend>(
     w: usize,
     scale: f32,
 ) -> Result<Tensor<B, 4>> {
-    let [b, h, m, d] = queries.dims();
-    let [kb, h_kv, n, kd] = keys.dims();
-    if b != 1 || kb != 1 || m > n || kd != d || h_kv == 0 || h % h_kv != 0 {
-        return Err(CoreError::Shape {
-            context: "window_attention",
-            detail: format!("queries {:?}, keys {:?}", queries.dims(), keys.dims()),
-        });
-    }
-    if w == 0 || w > m {
-        return Err(CoreError::Invalid {
-            name: "window_size",
-            detail: format!(
-                "a window of {w} queries needs a context of at least {w} tokens, got {m}"
-            ),
-        });
-    }
+    check_window("window_attention", queries, keys, w)?;
     #[cfg(feature = "flex")]
     if let Some(probs) = crate::cpu::attention::window(queries, keys, w, scale) {
         return Ok(probs);
     }
+    let [_, h, m, d] = queries.dims();
+    let [_, h_kv, n, _] = keys.dims();
     let g = h / h_kv;
     let q = queries
         .clone()
@@ -263,6 +250,57 @@ pub fn window_attention<B: Backend>(
         None => window,
     };
     Ok(softmax(scores, 3).reshape([1, h, w, n]))
+}
+
+/// [`window_attention`] averaged over the `w` window queries: per query head, the mean
+/// attention each key receives from the window (SnapKV's statistic). On the flex backend the
+/// `w × n` probabilities of one head at a time stay in a thread's buffer.
+///
+/// # Shapes
+/// - `queries`: `[1, h_q, m, d]` (RoPE applied), `keys`: `[1, h_kv, n, d]`, `w ≤ m ≤ n`
+/// - returns `[1, h_q, n]`
+pub fn window_attention_mean<B: Backend>(
+    queries: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    w: usize,
+    scale: f32,
+) -> Result<Tensor<B, 3>> {
+    check_window("window_attention_mean", queries, keys, w)?;
+    #[cfg(feature = "flex")]
+    if let Some(mean) = crate::cpu::attention::window_mean(queries, keys, w, scale) {
+        return Ok(mean);
+    }
+    let [_, h, _, _] = queries.dims();
+    let n = keys.dims()[2];
+    let probs = window_attention(queries, keys, w, scale)?;
+    let ones = Tensor::<B, 4>::ones([1, 1, 1, w], &keys.device());
+    Ok(ones.matmul(probs).div_scalar(w as f32).reshape([1, h, n]))
+}
+
+/// The shape checks of [`window_attention`] and [`window_attention_mean`].
+fn check_window<B: Backend>(
+    context: &'static str,
+    queries: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    w: usize,
+) -> Result<()> {
+    let [b, h, m, d] = queries.dims();
+    let [kb, h_kv, n, kd] = keys.dims();
+    if b != 1 || kb != 1 || m > n || kd != d || h_kv == 0 || h % h_kv != 0 {
+        return Err(CoreError::Shape {
+            context,
+            detail: format!("queries {:?}, keys {:?}", queries.dims(), keys.dims()),
+        });
+    }
+    if w == 0 || w > m {
+        return Err(CoreError::Invalid {
+            name: "window_size",
+            detail: format!(
+                "a window of {w} queries needs a context of at least {w} tokens, got {m}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Per query head, the attention each key receives summed over all queries of a causal
@@ -523,9 +561,17 @@ mod tests {
             3,
         );
         let want = full.narrow(2, n - w, w);
-        let diff = (got - want).abs().max().into_scalar();
+        let diff = (got - want.clone()).abs().max().into_scalar();
         assert!(diff < 1e-6, "{diff}");
         assert!(window_attention(&q, &k.clone(), n + 1, 1.0).is_err());
+        // the mean over the window rows
+        let mean = window_attention_mean(&q, &k, w, 0.35).expect("ok");
+        let diff = (mean - want.mean_dim(2).reshape([1, h, n]))
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(diff < 1e-6, "mean: {diff}");
+        assert!(window_attention_mean(&q, &k, 0, 1.0).is_err());
     }
 
     #[test]

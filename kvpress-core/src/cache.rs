@@ -32,7 +32,8 @@ trait Entries<B: Backend>: Clone + Sized {
     fn heads(&self) -> usize;
     fn len(&self) -> usize;
     fn narrow(self, dim: usize, start: usize, len: usize) -> Self;
-    fn select(self, indices: Tensor<B, 1, Int>) -> Self;
+    /// The entries at `indices` (along dim 2), in that order.
+    fn select(self, indices: &[usize]) -> Self;
     /// `parts` (at least one) joined along `dim`.
     fn cat(parts: Vec<Self>, dim: usize) -> Self;
     fn bytes(&self) -> usize;
@@ -49,8 +50,14 @@ impl<B: Backend> Entries<B> for Tensor<B, 4> {
     fn narrow(self, dim: usize, start: usize, len: usize) -> Self {
         Tensor::narrow(self, dim, start, len)
     }
-    fn select(self, indices: Tensor<B, 1, Int>) -> Self {
-        Tensor::select(self, 2, indices)
+    fn select(self, indices: &[usize]) -> Self {
+        // burn-flex gathers element by element; rows are copied whole on the host
+        #[cfg(feature = "flex")]
+        if let Some(rows) = crate::cpu::select_rows(&self, indices) {
+            return rows;
+        }
+        let ids = index_tensor(indices, &self.device());
+        Tensor::select(self, 2, ids)
     }
     fn cat(parts: Vec<Self>, dim: usize) -> Self {
         Tensor::cat(parts, dim)
@@ -73,8 +80,9 @@ impl<B: Backend> Entries<B> for Quantized<B> {
     fn narrow(self, dim: usize, start: usize, len: usize) -> Self {
         Quantized::narrow(self, dim, start, len)
     }
-    fn select(self, indices: Tensor<B, 1, Int>) -> Self {
-        Quantized::select(self, indices)
+    fn select(self, indices: &[usize]) -> Self {
+        let ids = index_tensor(indices, &self.device());
+        Quantized::select(self, ids)
     }
     fn cat(parts: Vec<Self>, dim: usize) -> Self {
         Quantized::cat_nonempty(parts, dim)
@@ -114,9 +122,9 @@ impl<B: Backend, T: Entries<B>> Entries<B> for Pair<T> {
             values: self.values.narrow(dim, start, len),
         }
     }
-    fn select(self, indices: Tensor<B, 1, Int>) -> Self {
+    fn select(self, indices: &[usize]) -> Self {
         Self {
-            keys: self.keys.select(indices.clone()),
+            keys: self.keys.select(indices),
             values: self.values.select(indices),
         }
     }
@@ -277,10 +285,7 @@ impl<E> Storage<E> {
                 if idx.len() == e.len() && idx.iter().enumerate().all(|(i, &j)| i == j) {
                     return Some(e);
                 }
-                let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-                let ids =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &e.device());
-                Some(e.select(ids))
+                Some(e.select(idx))
             })
             .collect();
         Self::from_heads(heads)
@@ -1019,13 +1024,17 @@ fn rotate<B: Backend>(x: Tensor<B, 4>, rotation: &Tensor<B, 2>) -> Tensor<B, 4> 
 /// narrowed view would keep the whole original buffer alive); `None` if nothing is left.
 fn without<B: Backend>(kv: Kv<B>, start: usize, len: usize) -> Option<Kv<B>> {
     let n = kv.len();
-    let kept: Vec<i64> = (0..start).chain(start + len..n).map(|i| i as i64).collect();
+    let kept: Vec<usize> = (0..start).chain(start + len..n).collect();
     if kept.is_empty() {
         return None;
     }
-    let count = kept.len();
-    let indices = Tensor::<B, 1, Int>::from_data(TensorData::new(kept, [count]), &kv.device());
-    Some(kv.select(indices))
+    Some(kv.select(&kept))
+}
+
+/// `indices` as an index tensor on `device`.
+fn index_tensor<B: Backend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let ids: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [indices.len()]), device)
 }
 
 fn ragged_error(what: &str) -> CoreError {

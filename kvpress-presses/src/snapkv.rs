@@ -7,9 +7,10 @@
 //! causal softmax attention of the window queries over all `n` keys (normalised over all of
 //! them) and `pool` an average of width `kernel_size` with zero padding counted.
 
-use burn::tensor::{Tensor, backend::Backend, module::avg_pool1d};
-use kvpress_core::attention::window_attention;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use kvpress_core::attention::window_attention_mean;
 use kvpress_core::error::{CoreError, Result};
+use kvpress_core::press::to_host;
 use kvpress_core::{LayerInputs, Scorer};
 
 /// The SnapKV scorer (defaults `window_size = 64`, `kernel_size = 5`, as kvpress).
@@ -32,11 +33,25 @@ impl Default for SnapKv {
 
 /// Average pool of width `kernel` along the last axis with `kernel / 2` zeros on each side,
 /// counted in the average (PyTorch's `avg_pool1d` default). `[b, h, m]` → `[b, h, m]`.
-fn average_pool<B: Backend>(x: Tensor<B, 3>, kernel: usize) -> Tensor<B, 3> {
+///
+/// On the host: the scores are a few thousand values per head (burn-flex's `avg_pool1d` took a
+/// tenth of the press at 4k tokens), and they are read back for the top-k right after.
+fn average_pool<B: Backend>(x: Tensor<B, 3>, kernel: usize) -> Result<Tensor<B, 3>> {
     if kernel <= 1 {
-        return x;
+        return Ok(x);
     }
-    avg_pool1d(x, kernel, 1, kernel / 2, true, false)
+    let (dims, device) = (x.dims(), x.device());
+    let m = dims[2].max(1);
+    let half = kernel / 2;
+    let data = to_host(x)?;
+    let mut out = vec![0f32; data.len()];
+    for (row, pooled) in data.chunks(m).zip(out.chunks_mut(m)) {
+        for (i, p) in pooled.iter_mut().enumerate() {
+            let window = &row[i.saturating_sub(half)..(i + half + 1).min(m)];
+            *p = window.iter().sum::<f32>() / kernel as f32;
+        }
+    }
+    Ok(Tensor::from_data(TensorData::new(out, dims), &device))
 }
 
 impl<B: Backend> Scorer<B> for SnapKv {
@@ -64,14 +79,9 @@ impl<B: Backend> Scorer<B> for SnapKv {
             });
         }
         let h = inputs.queries.dims()[1];
-        let probs = window_attention(inputs.queries, keys, w, (d as f32).powf(-0.5))?;
-        // Mean over the window rows as a matmul (it reads the strided view as it is).
-        let ones = Tensor::<B, 4>::ones([1, 1, 1, w], &keys.device());
-        let attended = ones
-            .matmul(probs.narrow(3, 0, n - w))
-            .div_scalar(w as f32)
-            .reshape([1, h, n - w]);
-        let pooled = average_pool(attended, self.kernel_size);
+        let attended = window_attention_mean(inputs.queries, keys, w, (d as f32).powf(-0.5))?
+            .narrow(2, 0, n - w);
+        let pooled = average_pool(attended, self.kernel_size)?;
         let grouped = pooled
             .reshape([1, h_kv, h / h_kv, n - w])
             .mean_dim(2)
@@ -88,7 +98,6 @@ impl<B: Backend> Scorer<B> for SnapKv {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
-    use burn::tensor::TensorData;
 
     type B = burn::backend::Flex;
 
@@ -98,7 +107,11 @@ mod tests {
             TensorData::new(vec![3.0f32, 6.0, 9.0, 12.0], [1, 1, 4]),
             &Default::default(),
         );
-        let got: Vec<f32> = average_pool(x, 3).into_data().to_vec().expect("f32");
+        let got: Vec<f32> = average_pool(x, 3)
+            .expect("pooled")
+            .into_data()
+            .to_vec()
+            .expect("f32");
         // (0+3+6)/3, (3+6+9)/3, (6+9+12)/3, (9+12+0)/3
         assert_eq!(got, vec![3.0, 6.0, 9.0, 7.0]);
     }

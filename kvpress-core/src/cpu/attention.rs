@@ -12,6 +12,7 @@
 //! queries are the last `s` keys; every earlier key is visible),
 //! [`crate::attention::window_attention`] calls [`window`].
 
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
@@ -190,27 +191,105 @@ pub(crate) fn window<B: Backend>(
     scale: f32,
 ) -> Option<Tensor<B, 4>> {
     let (fq, fk) = (flex_tensor(queries)?, flex_tensor(keys)?);
-    let [_, heads, m, dim] = queries.dims();
-    let [_, kv_heads, n, _] = keys.dims();
-    let (q, k) = (strided(&fq)?, strided(&fk)?);
-    let fits = w <= m
-        && m <= n
-        && kv_heads > 0
-        && heads.is_multiple_of(kv_heads)
-        && q.covers(heads, m, dim)
-        && k.covers(kv_heads, n, dim);
-    if !fits {
-        return None;
-    }
-    let group = heads / kv_heads;
+    let window = Window::new(queries.dims(), keys.dims(), (&fq, &fk), w, scale)?;
+    let (heads, n) = (queries.dims()[1], keys.dims()[2]);
     let mut out = vec![0f32; heads * w * n];
-    if out.is_empty() {
-        return Some(Tensor::from_data(
-            TensorData::new(out, [1, heads, w, n]),
-            &queries.device(),
-        ));
+    if !out.is_empty() {
+        out.par_chunks_mut(w * n)
+            .enumerate()
+            .for_each(|(head, probs)| window.probabilities(head, probs));
     }
-    let head_probabilities = |head: usize, probs: &mut [f32]| {
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, heads, w, n]),
+        &queries.device(),
+    ))
+}
+
+/// [`window`]'s probabilities averaged over the `w` window queries, without forming them all
+/// at once (one head's `w × n` at a time per thread).
+///
+/// # Shapes
+/// - `queries`: `[1, h_q, m, d]`, `keys`: `[1, h_kv, n, d]`; returns `[1, h_q, n]`
+pub(crate) fn window_mean<B: Backend>(
+    queries: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    w: usize,
+    scale: f32,
+) -> Option<Tensor<B, 3>> {
+    let (fq, fk) = (flex_tensor(queries)?, flex_tensor(keys)?);
+    let window = Window::new(queries.dims(), keys.dims(), (&fq, &fk), w, scale)?;
+    let (heads, n) = (queries.dims()[1], keys.dims()[2]);
+    let mut out = vec![0f32; heads * n];
+    if !out.is_empty() && w > 0 {
+        out.par_chunks_mut(n).enumerate().for_each_init(
+            || vec![0f32; w * n],
+            |probs, (head, mean)| {
+                window.probabilities(head, probs);
+                column_mean(probs, mean);
+            },
+        );
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, heads, n]),
+        &queries.device(),
+    ))
+}
+
+/// The checked views of a window-attention call.
+struct Window<'a> {
+    q: Strided<'a>,
+    k: Strided<'a>,
+    /// Query heads per KV head.
+    group: usize,
+    /// Query rows (the window is the last `w`).
+    m: usize,
+    /// Keys per KV head.
+    n: usize,
+    w: usize,
+    dim: usize,
+    scale: f32,
+}
+
+impl<'a> Window<'a> {
+    /// `None` unless the views cover `[h_q, m, d]` and `[h_kv, n, d]` with `w ≤ m ≤ n`.
+    fn new(
+        [_, heads, m, dim]: [usize; 4],
+        [_, kv_heads, n, _]: [usize; 4],
+        (fq, fk): (&'a FlexTensor, &'a FlexTensor),
+        w: usize,
+        scale: f32,
+    ) -> Option<Self> {
+        let (q, k) = (strided(fq)?, strided(fk)?);
+        let fits = w <= m
+            && m <= n
+            && kv_heads > 0
+            && heads.is_multiple_of(kv_heads)
+            && q.covers(heads, m, dim)
+            && k.covers(kv_heads, n, dim);
+        fits.then_some(Self {
+            q,
+            k,
+            group: heads / kv_heads,
+            m,
+            n,
+            w,
+            dim,
+            scale,
+        })
+    }
+
+    /// `probs` (`[w, n]`) = the window probabilities of query head `head`.
+    fn probabilities(&self, head: usize, probs: &mut [f32]) {
+        let Self {
+            q,
+            k,
+            group,
+            m,
+            n,
+            w,
+            dim,
+            scale,
+        } = *self;
         let rows = q.rows_from(head, m - w);
         let keys = k.rows_from(head / group, 0);
         // probs = q_window · kᵀ · scale, [w, n]
@@ -241,14 +320,28 @@ pub(crate) fn window<B: Backend>(
             );
         }
         softmax_window_rows(probs, n, n - w + 1);
-    };
-    out.par_chunks_mut(w * n)
-        .enumerate()
-        .for_each(|(head, probs)| head_probabilities(head, probs));
-    Some(Tensor::from_data(
-        TensorData::new(out, [1, heads, w, n]),
-        &queries.device(),
-    ))
+    }
+}
+
+widest_simd! {
+    /// `mean[j]` = the mean of column `j` over the rows of `rows` (`[r, mean.len()]`).
+    fn column_mean(rows: &[f32], mean: &mut [f32]) => column_mean_body
+}
+
+/// The body of [`column_mean`].
+#[inline(always)]
+fn column_mean_body(rows: &[f32], mean: &mut [f32]) {
+    let n = mean.len();
+    mean.fill(0.0);
+    for row in rows.chunks_exact(n) {
+        for (m, &x) in mean.iter_mut().zip(row) {
+            *m += x;
+        }
+    }
+    let inverse = 1.0 / (rows.len() / n.max(1)).max(1) as f32;
+    for m in mean.iter_mut() {
+        *m *= inverse;
+    }
 }
 
 /// Keys per task of [`unmasked`] (tasks of one KV head are merged at the end).

@@ -93,6 +93,32 @@ pub(crate) fn write_rows<B: Backend>(
     }
 }
 
+/// The rows `indices` of every head of `t` (`[1, h, n, d]`, a flex f32 view with contiguous
+/// rows), copied whole into `[1, h, indices.len(), d]`; `None` otherwise or when an index is
+/// out of range.
+pub(crate) fn select_rows<B: Backend>(t: &Tensor<B, 4>, indices: &[usize]) -> Option<Tensor<B, 4>> {
+    let [b, h, n, d] = t.dims();
+    if b != 1 || indices.iter().any(|&i| i >= n) {
+        return None;
+    }
+    let flex = flex_tensor(t)?;
+    let view = strided(&flex)?;
+    if !view.covers(h, n, d) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(h * indices.len() * d);
+    for head in 0..h {
+        let rows = view.rows_from(head, 0);
+        for &i in indices {
+            out.extend_from_slice(&rows[i * view.row_stride..][..d]);
+        }
+    }
+    Some(Tensor::from_data(
+        burn::tensor::TensorData::new(out, [1, h, indices.len(), d]),
+        &t.device(),
+    ))
+}
+
 /// `t` laid out contiguously when it is a flex view whose rows (last dimension) are contiguous
 /// but whose other dimensions are permuted or sliced, copied row by row (burn-flex walks such
 /// views element by element, in its copies and in every element-wise op on them); `None`
@@ -208,6 +234,27 @@ mod tests {
         // rows beyond the capacity: handed back
         let small = Tensor::<Flex, 4>::zeros([1, 2, 2, 3], &dev);
         assert!(write_rows(small, 1, &new).is_err());
+    }
+
+    #[test]
+    fn selected_rows_equal_burns_select() {
+        let dev = Default::default();
+        let x = Tensor::<Flex, 4>::random([1, 5, 3, 4], Distribution::Default, &dev)
+            .swap_dims(1, 2)
+            .narrow(2, 1, 4); // [1, 3, 4, 4], strided
+        let indices = [3, 0, 2, 2];
+        let ids = Tensor::<Flex, 1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(vec![3i64, 0, 2, 2], [4]),
+            &dev,
+        );
+        let want: Vec<f32> = x.clone().select(2, ids).into_data().to_vec().expect("f32");
+        let got: Vec<f32> = select_rows(&x, &indices)
+            .expect("a view with contiguous rows")
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        assert_eq!(got, want);
+        assert!(select_rows(&x, &[4]).is_none(), "out of range");
     }
 
     #[test]
