@@ -9,8 +9,8 @@ use kvpress_core::activation::silu_mul;
 use kvpress_core::attention::AttentionOptions;
 use kvpress_core::{
     AttentionWeights, KvCache, KvQuantization, LayerCache, LayerInputs, Press, RotaryEmbedding,
+    dense, threads,
 };
-use kvpress_core::{dense, threads};
 
 use crate::config::{Architecture, LlamaConfig};
 use crate::error::{ModelError, Result};

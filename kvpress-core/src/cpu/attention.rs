@@ -1,5 +1,6 @@
 //! Grouped-query attention on host memory for the flex (CPU) backend: prefill's causal
-//! attention ([`causal`]) and the presses' observation-window probabilities ([`window`]).
+//! attention ([`causal`]), decoding steps' attention over every key ([`unmasked`]), and the
+//! presses' observation-window probabilities ([`window`], [`window_mean`]).
 //!
 //! burn-flex's fused kernel walks every score through a scalar loop (scale, mask, running max,
 //! `expf`) and computes the masked half of the diagonal tiles; on a 4k-token prefill of the
@@ -10,7 +11,8 @@
 //!
 //! [`crate::attention::chunked_attention`] calls [`causal`] for the plain causal case (the
 //! queries are the last `s` keys; every earlier key is visible),
-//! [`crate::attention::window_attention`] calls [`window`].
+//! [`unmasked`] when no key is masked, [`crate::attention::window_attention`] and
+//! [`crate::attention::window_attention_mean`] call [`window`] and [`window_mean`].
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData, backend::Backend};

@@ -1,6 +1,7 @@
 //! Kernels of ours for the flex (CPU) backend, where burn-flex's own are slow: prefill's causal
-//! attention and the presses' window attention ([`attention`]), the gated activation of the
-//! MLP ([`activation`]) and the dense layers of a decoding step ([`matvec`]).
+//! and decoding attention and the presses' window attention ([`attention`]), the gated
+//! activation of the MLP ([`activation`]), the dense layers' products ([`matvec`]), the
+//! presses' query statistics ([`moments`]), and in-place writes and row selections of the cache.
 //!
 //! Each entry point takes burn tensors of any backend and returns `None` unless the backend is
 //! [`Flex`] with f32 data in a layout the kernel reads (then the caller runs its generic burn
