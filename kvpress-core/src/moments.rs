@@ -24,24 +24,60 @@ pub fn row_moments<B: Backend>(x: &Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>)
     (mean, second)
 }
 
-/// `xᵢᵀ·Cⱼ·xᵢ` for every row `xᵢ` of every head's `keys` and every form `Cⱼ` of that head.
+/// `xᵢᵀ·Cⱼ·xᵢ + lⱼ·xᵢ` for every row `xᵢ` of every head's `keys` and every form (`Cⱼ`,
+/// `lⱼ`) of that head: the logits of a Gaussian's moment-generating function.
 ///
 /// # Shapes
-/// - `keys`: `[1, h, n, d]`, `forms`: `[1, h, g, d, d]`
-/// - returns `[1, h, n, g]`
-pub fn quadratic_forms<B: Backend>(keys: &Tensor<B, 4>, forms: &Tensor<B, 5>) -> Tensor<B, 4> {
+/// - `keys`: `[1, h, n, d]` (any layout with contiguous rows on the flex backend)
+/// - `forms`: `[1, h, g, d, d]`, `linear`: `[1, h, g, d]`
+/// - returns `[1, h, g, n]`
+pub fn quadratic_forms<B: Backend>(
+    keys: &Tensor<B, 4>,
+    forms: &Tensor<B, 5>,
+    linear: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
-    if let Some(out) = crate::cpu::moments::quadratic_forms(keys, forms) {
+    if let Some(out) = crate::cpu::moments::quadratic_forms(keys, forms, linear) {
         return out;
     }
+    quadratic_forms_by_burn(keys, forms, linear)
+}
+
+/// [`quadratic_forms`] in burn's ops (the path of every backend without a kernel of ours).
+fn quadratic_forms_by_burn<B: Backend>(
+    keys: &Tensor<B, 4>,
+    forms: &Tensor<B, 5>,
+    linear: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [_, h, g, d, _] = forms.dims();
     let per_form: Vec<Tensor<B, 4>> = (0..g)
         .map(|j| {
             let form = forms.clone().narrow(2, j, 1).reshape([1, h, d, d]);
-            (keys.clone().matmul(form) * keys.clone()).sum_dim(3) // [1, h, n, 1]
+            let line = linear.clone().narrow(2, j, 1); // [1, h, 1, d]
+            // xᵀ(Cx + l)
+            ((keys.clone().matmul(form.swap_dims(2, 3)) + line) * keys.clone()).sum_dim(3)
         })
         .collect();
-    Tensor::cat(per_form, 3)
+    Tensor::cat(per_form, 3).swap_dims(2, 3) // [1, h, n, g] → [1, h, g, n]
+}
+
+/// The L2 norm of every row (over the last dimension).
+///
+/// # Shapes
+/// - `x`: `[1, h, n, d]` (any layout with contiguous rows on the flex backend)
+/// - returns `[1, h, n]`
+pub fn row_norms<B: Backend>(x: &Tensor<B, 4>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if let Some(norms) = crate::cpu::moments::row_norms(x) {
+        return norms;
+    }
+    row_norms_by_burn(x)
+}
+
+/// [`row_norms`] in burn's ops.
+fn row_norms_by_burn<B: Backend>(x: &Tensor<B, 4>) -> Tensor<B, 3> {
+    let [_, h, n, _] = x.dims();
+    (x.clone() * x.clone()).sum_dim(3).sqrt().reshape([1, h, n])
 }
 
 #[cfg(test)]
@@ -64,11 +100,21 @@ mod tests {
         }
     }
 
+    /// Head dimensions of the gemm path (8) and of the AVX-512 kernels (64, 128).
+    const DIMS: [usize; 3] = [8, 64, 128];
+
     #[test]
     fn moments_equal_direct_sums_for_strided_views() {
+        for d in DIMS {
+            moments_equal_direct_sums(d);
+        }
+    }
+
+    fn moments_equal_direct_sums(d: usize) {
         let dev = Default::default();
-        // enough rows for the flex kernel to split each head between two tasks
-        let (h, t, d) = (3, 601, 8);
+        // enough rows for the flex kernel to split each head between two tasks, and for the
+        // AVX-512 kernel's blocks of 64 rows to end in a partial one
+        let (h, t) = (3, 601);
         // a heads-first view of token-major data, narrowed past its first rows (as the
         // presses hand queries over)
         let x = Tensor::<Flex, 4>::random([1, t + 2, h, d], Distribution::Default, &dev)
@@ -96,28 +142,65 @@ mod tests {
 
     #[test]
     fn quadratic_forms_equal_direct_sums() {
+        for d in DIMS {
+            quadratic_forms_equal_direct_sums_at(d);
+        }
+    }
+
+    fn quadratic_forms_equal_direct_sums_at(d: usize) {
         let dev = Default::default();
-        // more rows than one task of the flex kernel takes
-        let (h, n, g, d) = (2, 1100, 3, 8);
-        let keys =
-            Tensor::<Flex, 4>::random([1, n, h, d], Distribution::Default, &dev).swap_dims(1, 2);
+        // more rows than one task of the flex kernel takes, a count that leaves single rows
+        // after the kernel's groups, narrowed past the first rows
+        let (h, n, g) = (2, 1101, 3);
+        let keys = Tensor::<Flex, 4>::random([1, n + 3, h, d], Distribution::Default, &dev)
+            .swap_dims(1, 2)
+            .narrow(2, 3, n);
         let forms = Tensor::<Flex, 5>::random([1, h, g, d, d], Distribution::Default, &dev);
-        let (k, c) = (host(keys.clone()), host(forms.clone()));
-        let got = quadratic_forms(&keys, &forms);
-        assert_eq!(got.dims(), [1, h, n, g]);
-        let mut want = vec![0f64; h * n * g];
+        let linear = Tensor::<Flex, 4>::random([1, h, g, d], Distribution::Default, &dev);
+        let (k, c, l) = (
+            host(keys.clone()),
+            host(forms.clone()),
+            host(linear.clone()),
+        );
+        let mut want = vec![0f64; h * g * n];
         for head in 0..h {
             for i in 0..n {
                 let x = &k[(head * n + i) * d..][..d];
                 for j in 0..g {
                     let form = &c[((head * g + j) * d) * d..][..d * d];
-                    want[(head * n + i) * g + j] = (0..d)
+                    let line = &l[(head * g + j) * d..][..d];
+                    let quadratic: f64 = (0..d)
                         .flat_map(|a| (0..d).map(move |b| (a, b)))
                         .map(|(a, b)| x[a] as f64 * form[a * d + b] as f64 * x[b] as f64)
                         .sum();
+                    let affine: f64 = (0..d).map(|a| line[a] as f64 * x[a] as f64).sum();
+                    want[(head * g + j) * n + i] = quadratic + affine;
                 }
             }
         }
+        let got = quadratic_forms(&keys, &forms, &linear);
+        assert_eq!(got.dims(), [1, h, g, n]);
         assert_close(&host(got), &want, 1e-5);
+        let by_burn = quadratic_forms_by_burn(&keys, &forms, &linear);
+        assert_eq!(by_burn.dims(), [1, h, g, n]);
+        assert_close(&host(by_burn), &want, 1e-5);
+    }
+
+    #[test]
+    fn row_norms_equal_direct_sums() {
+        let dev = Default::default();
+        let (h, n, d) = (3, 700, 64);
+        let x = Tensor::<Flex, 4>::random([1, n, h, d], Distribution::Default, &dev)
+            .swap_dims(1, 2)
+            .narrow(2, 5, n - 5);
+        let data = host(x.clone());
+        let want: Vec<f64> = data
+            .chunks_exact(d)
+            .map(|row| row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt())
+            .collect();
+        let got = row_norms(&x);
+        assert_eq!(got.dims(), [1, h, n - 5]);
+        assert_close(&host(got), &want, 1e-6);
+        assert_close(&host(row_norms_by_burn(&x)), &want, 1e-6);
     }
 }

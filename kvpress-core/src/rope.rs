@@ -6,6 +6,8 @@
 //! `yarn` rope types, computed in `f32` the way torch does so that positions in the thousands
 //! rotate identically.
 
+use std::sync::{Arc, Mutex};
+
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use crate::error::{CoreError, Result};
@@ -58,7 +60,13 @@ pub struct RotaryEmbedding {
     inv_freq: Vec<f32>,
     attention_scaling: f32,
     head_dim: usize,
+    /// The last [`Self::averaged_rotation`] (positions, `d × d` matrix): every layer of a
+    /// prefill asks for the same one, and each costs `positions × d/2` sines and cosines.
+    last_average: Arc<Mutex<Option<AveragedRotation>>>,
 }
+
+/// A remembered averaged rotation: the positions and the `d × d` matrix.
+type AveragedRotation = (Vec<usize>, Arc<[f32]>);
 
 impl RotaryEmbedding {
     /// Builds the frequencies for a head dimension `head_dim` (even), base `theta` and a scaling.
@@ -179,6 +187,7 @@ impl RotaryEmbedding {
             inv_freq,
             attention_scaling,
             head_dim,
+            last_average: Arc::default(),
         })
     }
 
@@ -245,6 +254,30 @@ impl RotaryEmbedding {
         device: &B::Device,
     ) -> Tensor<B, 2> {
         let d = self.head_dim;
+        let remembered = |last: &Option<AveragedRotation>| {
+            last.as_ref()
+                .filter(|(at, _)| at.as_slice() == positions)
+                .map(|(_, r)| r.clone())
+        };
+        // a poisoned lock only loses the memo
+        let known = self
+            .last_average
+            .lock()
+            .ok()
+            .and_then(|last| remembered(&last));
+        let r = known.unwrap_or_else(|| {
+            let r: Arc<[f32]> = self.averaged_rotation_host(positions).into();
+            if let Ok(mut last) = self.last_average.lock() {
+                *last = Some((positions.to_vec(), r.clone()));
+            }
+            r
+        });
+        Tensor::from_data(TensorData::new(r.to_vec(), [d, d]), device)
+    }
+
+    /// [`Self::averaged_rotation`] computed on the host, `d × d` row-major.
+    fn averaged_rotation_host(&self, positions: &[usize]) -> Vec<f32> {
+        let d = self.head_dim;
         let half = d / 2;
         let (cos, sin) = self.cos_sin_host(positions);
         let count = positions.len().max(1) as f32;
@@ -258,7 +291,7 @@ impl RotaryEmbedding {
             r[i * d + i + half] = -mean(&sin, i + half);
             r[(i + half) * d + i] = mean(&sin, i);
         }
-        Tensor::from_data(TensorData::new(r, [d, d]), device)
+        r
     }
 
     /// Rotates already-rotated keys `[1, h, n, d]` by a further `deltas[h][i]` positions

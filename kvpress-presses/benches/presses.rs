@@ -1,4 +1,4 @@
-//! Time of one press on one layer of a 4k-token prefill at the default model's shape (9 query
+//! Time of one press on one layer of a 1k- and a 4k-token prefill at the default model's shape (9 query
 //! heads, 3 KV heads, head dimension 64, hidden 576), random inputs, on the flex backend:
 //! scoring, choosing and evicting, as the model calls it. `cargo bench -p kvpress-presses`.
 //!
@@ -84,9 +84,12 @@ impl Layer {
     }
 }
 
-#[divan::bench(args = ["knorm", "snapkv", "expected_attention", "adakv(expected_attention)"])]
-fn compress_4k_at_half(bencher: divan::Bencher, press: &str) {
-    let layer = Layer::new(4096);
+#[divan::bench(
+    args = ["knorm", "snapkv", "expected_attention", "adakv(expected_attention)"],
+    consts = [1024, 4096],
+)]
+fn compress_at_half<const N: usize>(bencher: divan::Bencher, press: &str) {
+    let layer = Layer::new(N);
     let press: Box<dyn Press<Flex>> = match kvpress_presses::registry::build(press, Some(0.5)) {
         Ok(p) => p,
         Err(e) => panic!("{e}"),

@@ -76,32 +76,32 @@ impl ExpectedAttention {
             .reshape([1, 1, d, d]);
         let r_t = r.clone().swap_dims(2, 3);
         let mean_rot = mean.matmul(r_t.clone()); // (R̄ μ)ᵀ: [1, h, 1, d]
-        // 3. Logits over all keys, [1, h_kv, n, g], then the sinks dropped: the g query heads
-        //    of a KV group read its keys through matmuls (no repeated keys), and the keys are
-        //    used whole, as stored, so that element-wise products run on plain rows (on a
-        //    strided view they would walk index by index).
+        // 3. Logits of the non-sink keys, [1, h_kv, g, T]: the g query heads of a KV group
+        //    read its keys together (no repeated keys), which are read in place.
         let scale = (d as f32).powf(-0.5);
-        let mean_rot = mean_rot.reshape([1, h_kv, g, d]).swap_dims(2, 3); // [1, h_kv, d, g]
-        let mut logits = keys.clone().matmul(mean_rot).mul_scalar(scale);
-        if let (true, Some(cov)) = (self.use_covariance, cov) {
-            // R̄ Σ R̄ᵀ per query head, [1, h_kv, g, d, d]; kᵀ Σ' k for each head of the group.
-            let cov_rot = r.matmul(cov).matmul(r_t).reshape([1, h_kv, g, d, d]);
-            let quadratic = moments::quadratic_forms(keys, &cov_rot); // [1, h_kv, n, g]
-            logits = logits + quadratic.div_scalar(2.0 * d as f32);
-        }
-        let logits = logits.narrow(2, sink, t); // [1, h_kv, T, g]
-        let attention = softmax(logits.swap_dims(2, 3).reshape([1, h, t]), 2);
+        let keys = keys.clone().narrow(2, sink, t);
+        let logits = match (self.use_covariance, cov) {
+            (true, Some(cov)) => {
+                // μ'·k/√d + kᵀ (R̄ Σ R̄ᵀ) k / 2d per query head of the group
+                let cov_rot = r.matmul(cov).matmul(r_t).div_scalar(2.0 * d as f32);
+                moments::quadratic_forms(
+                    &keys,
+                    &cov_rot.reshape([1, h_kv, g, d, d]),
+                    &mean_rot.mul_scalar(scale).reshape([1, h_kv, g, d]),
+                )
+            }
+            _ => {
+                let mean_rot = mean_rot.reshape([1, h_kv, g, d]).swap_dims(2, 3); // [.., d, g]
+                keys.matmul(mean_rot).mul_scalar(scale).swap_dims(2, 3)
+            }
+        };
+        let attention = softmax(logits.reshape([1, h, t]), 2);
         let mut scores = attention
             .reshape([1, h_kv, g, t])
             .mean_dim(2)
             .reshape([1, h_kv, t]);
         if self.use_vnorm {
-            // Over all values as stored, then the sinks dropped (as the logits above).
-            let norms = (values.clone() * values.clone())
-                .sum_dim(3)
-                .sqrt()
-                .narrow(2, sink, t)
-                .reshape([1, h_kv, t]);
+            let norms = moments::row_norms(&values.clone().narrow(2, sink, t));
             scores = scores.add_scalar(self.epsilon) * norms;
         }
         let sinks = Tensor::<B, 3>::zeros([1, h_kv, sink], &device);

@@ -1,7 +1,7 @@
 //! Kernels of ours for the flex (CPU) backend, where burn-flex's own are slow: prefill's causal
 //! and decoding attention and the presses' window attention ([`attention`]), the gated
 //! activation of the MLP ([`activation`]), the dense layers' products ([`matvec`]), the
-//! presses' query statistics ([`moments`]), and in-place writes and row selections of the cache.
+//! presses' query statistics ([`moments`], on AVX-512 by [`symmetric`]), and in-place writes and row selections of the cache.
 //!
 //! Each entry point takes burn tensors of any backend and returns `None` unless the backend is
 //! [`Flex`] with f32 data in a layout the kernel reads (then the caller runs its generic burn
@@ -14,6 +14,7 @@ pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod matvec;
 pub(crate) mod moments;
+mod symmetric;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;

@@ -1,0 +1,315 @@
+//! Second moments and quadratic forms over rows with symmetric `d × d` matrices, on AVX-512
+//! for head dimensions 64 and 128 (the [`super::moments`] kernels fall back to gemm
+//! elsewhere). Only the blocks on or above the diagonal are computed — 10 of 16 vector blocks
+//! at d = 64 — with a few rows' accumulators held in registers; gemm packs its operands and
+//! computes both triangles (one layer of expected_attention at 1k keys: quadratic forms
+//! 264 → 107 µs).
+
+/// f32 lanes of an AVX-512 vector.
+const LANES: usize = 16;
+
+/// True when this CPU runs these kernels for head dimension `d`.
+pub(super) fn supported(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (d == 64 || d == 128) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
+        false
+    }
+}
+
+/// True when `rows` rows of `d` values at `row_stride` lie inside `x`.
+fn fits(x: &[f32], row_stride: usize, rows: usize, d: usize) -> bool {
+    rows == 0 || (rows - 1) * row_stride + d <= x.len()
+}
+
+/// `product = scale · Σₜ xₜ·xₜᵀ` (`d × d`, row-major) over `rows` rows of `x` at `row_stride`;
+/// false (and `product` untouched) unless [`supported`].
+pub(super) fn second_moment(
+    x: &[f32],
+    row_stride: usize,
+    rows: usize,
+    d: usize,
+    scale: f32,
+    product: &mut [f32],
+) -> bool {
+    if !supported(d) || !fits(x, row_stride, rows, d) || product.len() != d * d {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX-512F (`supported`); every row read lies inside `x` (`fits`) and
+    // every write inside `product` (d × d).
+    unsafe {
+        product.fill(0.0);
+        if d == 64 {
+            avx512::second_moment::<4, 4>(x.as_ptr(), row_stride, rows, product.as_mut_ptr());
+        } else {
+            avx512::second_moment::<8, 2>(x.as_ptr(), row_stride, rows, product.as_mut_ptr());
+        }
+    }
+    // the blocks below the diagonal were skipped (or partly computed): mirror the upper ones
+    for a in 0..d {
+        for b in a..d {
+            product[a * d + b] *= scale;
+        }
+        for b in 0..a {
+            product[a * d + b] = product[b * d + a];
+        }
+    }
+    true
+}
+
+/// The upper-triangular matrix `U` with `xᵀ·U·x = xᵀ·C·x` for every `x`: `U[a][b] = C[a][b] +
+/// C[b][a]` above the diagonal, `C[a][a]` on it, 0 below (`d × d`, row-major).
+pub(super) fn upper_form(c: &[f32], d: usize) -> Vec<f32> {
+    let mut upper = vec![0f32; d * d];
+    for a in 0..d {
+        upper[a * d + a] = c[a * d + a];
+        for b in a + 1..d {
+            upper[a * d + b] = c[a * d + b] + c[b * d + a];
+        }
+    }
+    upper
+}
+
+/// `out[i] = xᵢᵀ·U·xᵢ + l·xᵢ` for `rows` rows of `x` at `row_stride`, with `U` from
+/// [`upper_form`] and `l` (`d`); false (and `out` untouched) unless [`supported`].
+pub(super) fn quadratic_forms(
+    x: &[f32],
+    row_stride: usize,
+    rows: usize,
+    d: usize,
+    upper: &[f32],
+    linear: &[f32],
+    out: &mut [f32],
+) -> bool {
+    if !supported(d)
+        || !fits(x, row_stride, rows, d)
+        || upper.len() < d * d
+        || linear.len() < d
+        || out.len() < rows
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX-512F; every row read lies inside `x`, `upper` holds d × d and
+    // `linear` d values, and `out` has a place for every row (all checked above).
+    unsafe {
+        let (x, upper, linear, out) = (
+            x.as_ptr(),
+            upper.as_ptr(),
+            linear.as_ptr(),
+            out.as_mut_ptr(),
+        );
+        if d == 64 {
+            avx512::quadratic_forms::<4, 4>(x, row_stride, rows, upper, linear, out);
+        } else {
+            avx512::quadratic_forms::<8, 2>(x, row_stride, rows, upper, linear, out);
+        }
+    }
+    true
+}
+
+/// The kernels: `C` vectors of 16 lanes make a row (`d = 16·C`), `R` rows (or products' rows)
+/// are accumulated at once, in `R × C` registers. Vector blocks before `V0` lie below the
+/// diagonal and are skipped.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::LANES;
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps,
+        _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+
+    /// Adds `Σₜ xₜ·xₜᵀ` to rows `a0..a0 + R` of `product`, vector blocks `V0..C`.
+    ///
+    /// SAFETY (caller): AVX-512F; `rows` rows of `16·C` values at `row_stride` from `x`;
+    /// `product` holds `16·C × 16·C`; `a0 + R ≤ 16·C`.
+    #[inline(always)]
+    unsafe fn add_outer_products<const C: usize, const R: usize, const V0: usize>(
+        x: *const f32,
+        row_stride: usize,
+        rows: usize,
+        a0: usize,
+        product: *mut f32,
+    ) {
+        let d = C * LANES;
+        // SAFETY: as the function's contract.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (v, acc) in acc.iter_mut().enumerate().skip(V0) {
+                    *acc = _mm512_loadu_ps(product.add((a0 + r) * d + v * LANES));
+                }
+            }
+            for t in 0..rows {
+                let row = x.add(t * row_stride);
+                let mut block = [_mm512_setzero_ps(); C];
+                for (v, b) in block.iter_mut().enumerate().skip(V0) {
+                    *b = _mm512_loadu_ps(row.add(v * LANES));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let s = _mm512_set1_ps(*row.add(a0 + r));
+                    for v in V0..C {
+                        acc[v] = _mm512_fmadd_ps(s, block[v], acc[v]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate().skip(V0) {
+                    _mm512_storeu_ps(product.add((a0 + r) * d + v * LANES), *acc);
+                }
+            }
+        }
+    }
+
+    /// Every block on or above the diagonal of `Σₜ xₜ·xₜᵀ` into `product` (zeroed by the
+    /// caller); `R` divides 16. Rows go by blocks of [`ROWS_PER_BLOCK`], which stay in L1
+    /// while every group of `R` product rows passes over them.
+    ///
+    /// SAFETY (caller): as [`add_outer_products`] without `a0`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn second_moment<const C: usize, const R: usize>(
+        x: *const f32,
+        row_stride: usize,
+        rows: usize,
+        product: *mut f32,
+    ) {
+        // SAFETY: as the function's contract; `a0 + R ≤ 16·C` since R divides 16, and each
+        // block's rows lie among the `rows`.
+        unsafe {
+            for t0 in (0..rows).step_by(ROWS_PER_BLOCK) {
+                let (x, count) = (x.add(t0 * row_stride), ROWS_PER_BLOCK.min(rows - t0));
+                for a0 in (0..C * LANES).step_by(R) {
+                    let p = product;
+                    match a0 / LANES {
+                        0 => add_outer_products::<C, R, 0>(x, row_stride, count, a0, p),
+                        1 => add_outer_products::<C, R, 1>(x, row_stride, count, a0, p),
+                        2 => add_outer_products::<C, R, 2>(x, row_stride, count, a0, p),
+                        3 => add_outer_products::<C, R, 3>(x, row_stride, count, a0, p),
+                        4 => add_outer_products::<C, R, 4>(x, row_stride, count, a0, p),
+                        5 => add_outer_products::<C, R, 5>(x, row_stride, count, a0, p),
+                        6 => add_outer_products::<C, R, 6>(x, row_stride, count, a0, p),
+                        _ => add_outer_products::<C, R, 7>(x, row_stride, count, a0, p),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows of a block of [`second_moment`].
+    const ROWS_PER_BLOCK: usize = 64;
+
+    /// `acc[r] += Σ_a xᵣ[a]·U[a]` over the 16 rows `a` of `U` in vector block `V0` (whose
+    /// blocks before `V0` are 0).
+    ///
+    /// SAFETY (caller): AVX-512F; `R` rows of `16·C` values at `row_stride` from `x`; `upper`
+    /// holds `16·C × 16·C`.
+    #[inline(always)]
+    unsafe fn add_upper_block<const C: usize, const R: usize, const V0: usize>(
+        x: *const f32,
+        row_stride: usize,
+        upper: *const f32,
+        acc: &mut [[__m512; C]; R],
+    ) {
+        if V0 >= C {
+            return;
+        }
+        let d = C * LANES;
+        // SAFETY: as the function's contract.
+        unsafe {
+            for a in V0 * LANES..(V0 + 1) * LANES {
+                let u = upper.add(a * d);
+                let mut block = [_mm512_setzero_ps(); C];
+                for (v, b) in block.iter_mut().enumerate().skip(V0) {
+                    *b = _mm512_loadu_ps(u.add(v * LANES));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let s = _mm512_set1_ps(*x.add(r * row_stride + a));
+                    for v in V0..C {
+                        acc[v] = _mm512_fmadd_ps(s, block[v], acc[v]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[r] = xᵣ·(l + xᵣᵀ·U)` for `R` rows.
+    ///
+    /// SAFETY (caller): as [`add_upper_block`]; `linear` holds `16·C`, `out` `R` values.
+    #[inline(always)]
+    unsafe fn quadratic_rows<const C: usize, const R: usize>(
+        x: *const f32,
+        row_stride: usize,
+        upper: *const f32,
+        linear: *const f32,
+        out: *mut f32,
+    ) {
+        // SAFETY: as the function's contract.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            for acc in acc.iter_mut() {
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_loadu_ps(linear.add(v * LANES));
+                }
+            }
+            add_upper_block::<C, R, 0>(x, row_stride, upper, &mut acc);
+            add_upper_block::<C, R, 1>(x, row_stride, upper, &mut acc);
+            add_upper_block::<C, R, 2>(x, row_stride, upper, &mut acc);
+            add_upper_block::<C, R, 3>(x, row_stride, upper, &mut acc);
+            add_upper_block::<C, R, 4>(x, row_stride, upper, &mut acc);
+            add_upper_block::<C, R, 5>(x, row_stride, upper, &mut acc);
+            add_upper_block::<C, R, 6>(x, row_stride, upper, &mut acc);
+            add_upper_block::<C, R, 7>(x, row_stride, upper, &mut acc);
+            for (r, acc) in acc.iter().enumerate() {
+                let row = x.add(r * row_stride);
+                let mut sum = _mm512_setzero_ps();
+                for (v, acc) in acc.iter().enumerate() {
+                    sum = _mm512_fmadd_ps(*acc, _mm512_loadu_ps(row.add(v * LANES)), sum);
+                }
+                *out.add(r) = _mm512_reduce_add_ps(sum);
+            }
+        }
+    }
+
+    /// [`quadratic_rows`] over `rows` rows, `R` at a time, then one at a time.
+    ///
+    /// SAFETY (caller): as [`quadratic_rows`] for `rows` rows and `out` of `rows` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn quadratic_forms<const C: usize, const R: usize>(
+        x: *const f32,
+        row_stride: usize,
+        rows: usize,
+        upper: *const f32,
+        linear: *const f32,
+        out: *mut f32,
+    ) {
+        // SAFETY: as the function's contract; each call reads rows i..i + R (or i) < rows.
+        unsafe {
+            let mut i = 0;
+            while i + R <= rows {
+                quadratic_rows::<C, R>(
+                    x.add(i * row_stride),
+                    row_stride,
+                    upper,
+                    linear,
+                    out.add(i),
+                );
+                i += R;
+            }
+            while i < rows {
+                quadratic_rows::<C, 1>(
+                    x.add(i * row_stride),
+                    row_stride,
+                    upper,
+                    linear,
+                    out.add(i),
+                );
+                i += 1;
+            }
+        }
+    }
+}
