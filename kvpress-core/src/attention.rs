@@ -560,17 +560,21 @@ mod tests {
             q.clone().matmul(kr.swap_dims(2, 3)).mul_scalar(0.35) + bias,
             3,
         );
-        let want = full.narrow(2, n - w, w);
-        let diff = (got - want.clone()).abs().max().into_scalar();
+        let want = full.clone().narrow(2, n - w, w);
+        let diff = (got - want).abs().max().into_scalar();
         assert!(diff < 1e-6, "{diff}");
         assert!(window_attention(&q, &k.clone(), n + 1, 1.0).is_err());
-        // the mean over the window rows
-        let mean = window_attention_mean(&q, &k, w, 0.35).expect("ok");
-        let diff = (mean - want.mean_dim(2).reshape([1, h, n]))
-            .abs()
-            .max()
-            .into_scalar();
-        assert!(diff < 1e-6, "mean: {diff}");
+        // the mean over the window rows (one row; rows split evenly and unevenly in halves)
+        for w in [1, 3, 4] {
+            let mean = window_attention_mean(&q, &k, w, 0.35).expect("ok");
+            let want = full
+                .clone()
+                .narrow(2, n - w, w)
+                .mean_dim(2)
+                .reshape([1, h, n]);
+            let diff = (mean - want).abs().max().into_scalar();
+            assert!(diff < 1e-6, "mean of {w} rows: {diff}");
+        }
         assert!(window_attention_mean(&q, &k, 0, 1.0).is_err());
     }
 

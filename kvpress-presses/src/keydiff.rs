@@ -6,7 +6,7 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 use kvpress_core::error::Result;
-use kvpress_core::{LayerInputs, Scorer};
+use kvpress_core::{LayerInputs, Scorer, moments};
 
 /// The KeyDiff scorer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,7 +21,7 @@ impl<B: Backend> Scorer<B> for KeyDiff {
         _values: &Tensor<B, 4>,
     ) -> Result<Tensor<B, 3>> {
         let [b, h, n, _] = keys.dims();
-        let norms = (keys.clone() * keys.clone()).sum_dim(3).sqrt(); // [b, h, n, 1]
+        let norms = moments::row_norms(keys).reshape([b, h, n, 1]);
         let unit = keys.clone() / norms.clone().clamp_min(1e-12);
         let anchor = unit.mean_dim(2); // [b, h, 1, d]
         let anchor_norm = (anchor.clone() * anchor.clone()).sum_dim(3).sqrt(); // [b, h, 1, 1]

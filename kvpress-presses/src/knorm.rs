@@ -5,7 +5,7 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 use kvpress_core::error::Result;
-use kvpress_core::{LayerInputs, Scorer};
+use kvpress_core::{LayerInputs, Scorer, moments};
 
 /// The key-norm scorer; wrap it in [`kvpress_core::ScorerPress`] to get the press.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,12 +19,7 @@ impl<B: Backend> Scorer<B> for Knorm {
         keys: &Tensor<B, 4>,
         _values: &Tensor<B, 4>,
     ) -> Result<Tensor<B, 3>> {
-        let [b, h, n, _] = keys.dims();
-        Ok((keys.clone() * keys.clone())
-            .sum_dim(3)
-            .sqrt()
-            .neg()
-            .reshape([b, h, n]))
+        Ok(moments::row_norms(keys).neg())
     }
 
     fn scores_are_per_token(&self) -> bool {

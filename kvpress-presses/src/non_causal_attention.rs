@@ -11,7 +11,7 @@
 use burn::tensor::{Tensor, TensorData, activation::softmax, backend::Backend};
 use kvpress_core::error::{CoreError, Result};
 use kvpress_core::press::{to_host, z_scores};
-use kvpress_core::{LayerInputs, Scorer};
+use kvpress_core::{LayerInputs, Scorer, moments};
 
 /// The non-causal chunked attention scorer (default `chunk_size = 256`).
 #[derive(Debug, Clone, Copy)]
@@ -82,10 +82,7 @@ impl NonCausalAttention {
             .reshape([h_kv, g, n])
             .mean_dim(1)
             .reshape([h_kv, n]);
-        let v_norms = (values.clone() * values.clone())
-            .sum_dim(3)
-            .sqrt()
-            .reshape([h_kv, n]);
+        let v_norms = moments::row_norms(values).reshape([h_kv, n]);
         let weighted = to_host(columns * v_norms)?;
         // average pool of width 3 with zero padding counted
         Ok(weighted

@@ -7,7 +7,8 @@
 //! default model that loop and `expf` were about half of the prefill time. This kernel tiles
 //! queries and keys, never touches a tile above the diagonal, runs the softmax bookkeeping over
 //! whole rows in loops the compiler vectorises (a polynomial `exp` instead of the libm call) and
-//! leaves the two products per tile to `gemm`. Work is spread over threads by query block.
+//! leaves the two products per tile to `gemm`, or runs a whole block in [`super::flash`] on
+//! AVX-512 at head dimensions 64 and 128. Work is spread over threads by query block.
 //!
 //! [`crate::attention::chunked_attention`] calls [`causal`] for the plain causal case (the
 //! queries are the last `s` keys; every earlier key is visible),
@@ -19,10 +20,10 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
 use super::math::{dot, exp, lane_sum};
-use super::{Strided, flex_tensor, strided};
+use super::{Strided, flash, flex_tensor, strided};
 
-/// Query rows per block (one task).
-const QUERY_BLOCK: usize = 128;
+/// Query rows per block (one task): the rows of the AVX-512 kernel's block.
+const QUERY_BLOCK: usize = flash::ROWS;
 /// Keys per tile.
 const KEY_TILE: usize = 256;
 
@@ -208,7 +209,9 @@ pub(crate) fn window<B: Backend>(
 }
 
 /// [`window`]'s probabilities averaged over the `w` window queries, without forming them all
-/// at once (one head's `w × n` at a time per thread).
+/// at once: tasks of (query head, half of the window) hold their rows' scores in a thread's
+/// buffer, normalise each row into the mean as they add it, and the halves are added at the
+/// end (two tasks per head keep both threads busy to the end with 9 heads).
 ///
 /// # Shapes
 /// - `queries`: `[1, h_q, m, d]`, `keys`: `[1, h_kv, n, d]`; returns `[1, h_q, n]`
@@ -221,16 +224,26 @@ pub(crate) fn window_mean<B: Backend>(
     let (fq, fk) = (flex_tensor(queries)?, flex_tensor(keys)?);
     let window = Window::new(queries.dims(), keys.dims(), (&fq, &fk), w, scale)?;
     let (heads, n) = (queries.dims()[1], keys.dims()[2]);
-    let mut out = vec![0f32; heads * n];
-    if !out.is_empty() && w > 0 {
-        out.par_chunks_mut(n).enumerate().for_each_init(
-            || vec![0f32; w * n],
-            |probs, (head, mean)| {
-                window.probabilities(head, probs);
-                column_mean(probs, mean);
+    let halves = if w >= 2 { 2 } else { 1 };
+    let per_half = w.div_ceil(halves);
+    let mut parts = vec![0f32; heads * halves * n];
+    if !parts.is_empty() && w > 0 {
+        parts.par_chunks_mut(n).enumerate().for_each_init(
+            || vec![0f32; per_half * n],
+            |scores, (task, mean)| {
+                let (head, half) = (task / halves, task % halves);
+                let first = half * per_half;
+                let rows = per_half.min(w - first);
+                let scores = &mut scores[..rows * n];
+                window.scores(head, first, rows, scores);
+                add_window_rows_mean(scores, n, n - w + 1 + first, w, mean);
             },
         );
     }
+    let out: Vec<f32> = parts
+        .chunks_exact(halves * n)
+        .flat_map(|head| (0..n).map(move |j| (0..halves).map(|half| head[half * n + j]).sum()))
+        .collect();
     Some(Tensor::from_data(
         TensorData::new(out, [1, heads, n]),
         &queries.device(),
@@ -282,6 +295,13 @@ impl<'a> Window<'a> {
 
     /// `probs` (`[w, n]`) = the window probabilities of query head `head`.
     fn probabilities(&self, head: usize, probs: &mut [f32]) {
+        self.scores(head, 0, self.w, probs);
+        softmax_window_rows(probs, self.n, self.n - self.w + 1);
+    }
+
+    /// `scores` (`[rows, n]`) = `q·kᵀ·scale` of window queries `first..first + rows` of query
+    /// head `head` (`first + rows ≤ w`).
+    fn scores(&self, head: usize, first: usize, rows: usize, scores: &mut [f32]) {
         let Self {
             q,
             k,
@@ -292,22 +312,25 @@ impl<'a> Window<'a> {
             dim,
             scale,
         } = *self;
-        let rows = q.rows_from(head, m - w);
+        debug_assert!(
+            first + rows <= w && scores.len() == rows * n,
+            "window rows out of range"
+        );
+        let queries = q.rows_from(head, m - w + first);
         let keys = k.rows_from(head / group, 0);
-        // probs = q_window · kᵀ · scale, [w, n]
-        // SAFETY: `probs` is w × n (row-major); query row i lies at i · q.row_stride in `rows`
-        // and key row j at j · k.row_stride in `keys` (the views cover their shapes);
-        // nothing else aliases `probs`.
+        // SAFETY: `scores` is rows × n (row-major, checked); query row i lies at
+        // i · q.row_stride in `queries` (rows of the window, inside the view, which covers
+        // [h_q, m, d]) and key row j at j · k.row_stride in `keys`; nothing aliases `scores`.
         unsafe {
             gemm::gemm(
-                w,
+                rows,
                 n,
                 dim,
-                probs.as_mut_ptr(),
+                scores.as_mut_ptr(),
                 1,
                 n as isize,
                 false,
-                rows.as_ptr(),
+                queries.as_ptr(),
                 1,
                 q.row_stride as isize,
                 keys.as_ptr(),
@@ -321,28 +344,40 @@ impl<'a> Window<'a> {
                 gemm::Parallelism::None,
             );
         }
-        softmax_window_rows(probs, n, n - w + 1);
     }
 }
 
 widest_simd! {
-    /// `mean[j]` = the mean of column `j` over the rows of `rows` (`[r, mean.len()]`).
-    fn column_mean(rows: &[f32], mean: &mut [f32]) => column_mean_body
+    /// `mean += Σᵢ softmax(rowᵢ) / w` over the rows of `scores` (`[r, n]`, overwritten by
+    /// their exponentials), where row `i` sees its first `first_sees + i` columns.
+    fn add_window_rows_mean(
+        scores: &mut [f32],
+        n: usize,
+        first_sees: usize,
+        w: usize,
+        mean: &mut [f32],
+    ) => add_window_rows_mean_body
 }
 
-/// The body of [`column_mean`].
+/// The body of [`add_window_rows_mean`].
 #[inline(always)]
-fn column_mean_body(rows: &[f32], mean: &mut [f32]) {
-    let n = mean.len();
-    mean.fill(0.0);
-    for row in rows.chunks_exact(n) {
-        for (m, &x) in mean.iter_mut().zip(row) {
-            *m += x;
+fn add_window_rows_mean_body(
+    scores: &mut [f32],
+    n: usize,
+    first_sees: usize,
+    w: usize,
+    mean: &mut [f32],
+) {
+    for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+        let live = &mut row[..(first_sees + i).min(n)];
+        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in live.iter_mut() {
+            *x = exp(*x - max);
         }
-    }
-    let inverse = 1.0 / (rows.len() / n.max(1)).max(1) as f32;
-    for m in mean.iter_mut() {
-        *m *= inverse;
+        let weight = 1.0 / (lane_sum(live) * w as f32);
+        for (m, &x) in mean.iter_mut().zip(live.iter()) {
+            *m += x * weight;
+        }
     }
 }
 
@@ -549,6 +584,8 @@ struct Scratch {
     max: Vec<f32>,
     /// Running sum of probabilities per row.
     sum: Vec<f32>,
+    /// The buffers of the AVX-512 kernel.
+    flash: flash::Scratch,
 }
 
 impl Scratch {
@@ -557,6 +594,7 @@ impl Scratch {
             scores: vec![0.0; QUERY_BLOCK * KEY_TILE],
             max: vec![f32::NEG_INFINITY; QUERY_BLOCK],
             sum: vec![0.0; QUERY_BLOCK],
+            flash: flash::Scratch::default(),
         }
     }
 }
@@ -577,8 +615,31 @@ fn query_block(
         last_key_of_first_row,
     } = block;
     let dim = out.dim;
+    let flash_block = flash::Block {
+        q,
+        q_stride,
+        rows,
+        last_key_of_first_row,
+        k,
+        k_stride,
+        v,
+        v_stride,
+        d: dim,
+        scale,
+    };
+    if flash::query_block(
+        &flash_block,
+        KEY_TILE,
+        out.data,
+        out.stride,
+        &mut scratch.flash,
+    ) {
+        return;
+    }
     let visible = last_key_of_first_row + rows; // keys any row of the block sees
-    let Scratch { scores, max, sum } = scratch;
+    let Scratch {
+        scores, max, sum, ..
+    } = scratch;
     max[..rows].fill(f32::NEG_INFINITY);
     sum[..rows].fill(0.0);
     for r in 0..rows {
@@ -798,13 +859,19 @@ mod tests {
 
     #[test]
     fn equals_direct_softmax_across_tiles_blocks_threads_and_layouts() {
-        // Sizes around the block (128) and tile (256) edges, with and without earlier keys.
+        // Sizes around the block (128) and tile (256) edges, with and without earlier keys;
+        // head dimensions of gemm's path (4, 8, 16) and of the AVX-512 kernel (64, 128), with
+        // row counts that leave single rows after its groups and key counts single keys.
         for (heads, kv_heads, queries, keys, dim) in [
             (4, 2, 1, 1, 8),
             (3, 3, 70, 70, 16),
             (6, 2, 130, 300, 8),
             (2, 1, 129, 129, 4),
             (2, 2, 260, 600, 4),
+            (9, 3, 130, 301, 64),
+            (3, 1, 71, 71, 64),
+            (2, 1, 131, 520, 128),
+            (1, 1, 1, 5, 128),
         ] {
             let shape = Shape {
                 heads,

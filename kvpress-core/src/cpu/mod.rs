@@ -1,17 +1,20 @@
 //! Kernels of ours for the flex (CPU) backend, where burn-flex's own are slow: prefill's causal
-//! and decoding attention and the presses' window attention ([`attention`]), the gated
-//! activation of the MLP ([`activation`]), the dense layers' products ([`matvec`]), the
-//! presses' query statistics ([`moments`], on AVX-512 by [`symmetric`]), and in-place writes and row selections of the cache.
+//! and decoding attention and the presses' window attention ([`attention`], prefill's blocks
+//! on AVX-512 by [`flash`]), the gated activation of the MLP ([`activation`]), the dense
+//! layers' products ([`matvec`]), the presses' query statistics ([`moments`], on AVX-512 by
+//! [`symmetric`]), and in-place writes and row selections of the cache.
 //!
 //! Each entry point takes burn tensors of any backend and returns `None` unless the backend is
 //! [`Flex`] with f32 data in a layout the kernel reads (then the caller runs its generic burn
 //! ops). The kernels read the tensors' memory in place and vectorise with the widest unit the
-//! CPU has (`math::widest_simd`).
+//! CPU has (`math::widest_simd`); [`flash`] and [`symmetric`] are written in AVX-512
+//! intrinsics, with gemm as the path of other CPUs.
 
 #[macro_use]
 mod math;
 pub(crate) mod activation;
 pub(crate) mod attention;
+mod flash;
 pub(crate) mod matvec;
 pub(crate) mod moments;
 mod symmetric;
