@@ -578,6 +578,39 @@ mod tests {
         assert!(window_attention_mean(&q, &k, 0, 1.0).is_err());
     }
 
+    /// The window mean at the head dimensions of the AVX-512 kernel: a group split into blocks
+    /// of two heads and one (w = 64), blocks whose lanes are not whole vectors, one row.
+    #[test]
+    fn window_attention_mean_equals_full_attention_at_wide_heads() {
+        let dev = Default::default();
+        for (h, h_kv, n, d, w) in [(9, 3, 300, 64, 64), (3, 1, 150, 128, 50), (4, 2, 70, 64, 1)] {
+            let q = Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+            let scale = (d as f32).powf(-0.5);
+            let kr = k
+                .clone()
+                .unsqueeze_dim::<5>(2)
+                .expand([1, h_kv, h / h_kv, n, d])
+                .reshape([1, h, n, d]);
+            let mut bias = vec![0f32; n * n];
+            for i in 0..n {
+                for j in i + 1..n {
+                    bias[i * n + j] = f32::NEG_INFINITY;
+                }
+            }
+            let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &dev)
+                .reshape([1, 1, n, n]);
+            let full = softmax(
+                q.clone().matmul(kr.swap_dims(2, 3)).mul_scalar(scale) + bias,
+                3,
+            );
+            let want = full.narrow(2, n - w, w).mean_dim(2).reshape([1, h, n]);
+            let mean = window_attention_mean(&q, &k, w, scale).expect("ok");
+            let diff = (mean - want).abs().max().into_scalar();
+            assert!(diff < 1e-6, "{h} heads, d {d}, w {w}: {diff}");
+        }
+    }
+
     #[test]
     fn sliding_window_hides_old_keys() {
         let bias = mask_bias(&[5], &[0, 1, 2, 3, 4, 5], Some(3), 1);

@@ -34,6 +34,11 @@ trait Entries<B: Backend>: Clone + Sized {
     fn narrow(self, dim: usize, start: usize, len: usize) -> Self;
     /// The entries at `indices` (along dim 2), in that order.
     fn select(self, indices: &[usize]) -> Self;
+    /// Every head's entries at its own `indices[h]` (lists of one length), in one pass; `None`
+    /// where that is not faster than a selection per head.
+    fn select_per_head(&self, _indices: &[Vec<usize>]) -> Option<Self> {
+        None
+    }
     /// `parts` (at least one) joined along `dim`.
     fn cat(parts: Vec<Self>, dim: usize) -> Self;
     fn bytes(&self) -> usize;
@@ -58,6 +63,16 @@ impl<B: Backend> Entries<B> for Tensor<B, 4> {
         }
         let ids = index_tensor(indices, &self.device());
         Tensor::select(self, 2, ids)
+    }
+    fn select_per_head(&self, indices: &[Vec<usize>]) -> Option<Self> {
+        // one copy of the kept rows instead of a copy per head and their concatenation
+        #[cfg(feature = "flex")]
+        return crate::cpu::select_rows_per_head(self, indices);
+        #[cfg(not(feature = "flex"))]
+        {
+            let _ = indices;
+            None
+        }
     }
     fn cat(parts: Vec<Self>, dim: usize) -> Self {
         Tensor::cat(parts, dim)
@@ -127,6 +142,12 @@ impl<B: Backend, T: Entries<B>> Entries<B> for Pair<T> {
             keys: self.keys.select(indices),
             values: self.values.select(indices),
         }
+    }
+    fn select_per_head(&self, indices: &[Vec<usize>]) -> Option<Self> {
+        Some(Self {
+            keys: self.keys.select_per_head(indices)?,
+            values: self.values.select_per_head(indices)?,
+        })
     }
     fn cat(parts: Vec<Self>, dim: usize) -> Self {
         let (keys, values): (Vec<_>, Vec<_>) =
@@ -272,6 +293,15 @@ impl<E> Storage<E> {
     where
         E: Entries<B>,
     {
+        if let Storage::Dense(e) = &self {
+            let count = indices.first().map_or(0, Vec::len);
+            let uniform = count > 0 && indices.len() == e.heads();
+            if uniform && indices.iter().all(|idx| idx.len() == count) {
+                if let Some(kept) = e.select_per_head(indices) {
+                    return Storage::Dense(kept);
+                }
+            }
+        }
         // One `select` per head then one concatenation: far cheaper on CPU backends than a
         // gather with indices expanded over the head dimension.
         let heads = indices

@@ -31,27 +31,42 @@ impl Default for SnapKv {
     }
 }
 
-/// Average pool of width `kernel` along the last axis with `kernel / 2` zeros on each side,
-/// counted in the average (PyTorch's `avg_pool1d` default). `[b, h, m]` → `[b, h, m]`.
+/// Average pool of width `kernel` along each row of `m` values, with `kernel / 2` zeros on
+/// each side counted in the average (PyTorch's `avg_pool1d` default).
+fn average_pool(row: &[f32], kernel: usize) -> Vec<f32> {
+    let half = kernel / 2;
+    (0..row.len())
+        .map(|i| {
+            let window = &row[i.saturating_sub(half)..(i + half + 1).min(row.len())];
+            window.iter().sum::<f32>() / kernel as f32
+        })
+        .collect()
+}
+
+/// The scores from the window attention averaged over its rows (`[h_q, n]` on the host): per
+/// KV head, the average pool of each query head's first `n − w` entries, averaged over the
+/// group, then `w` zeros for the window. `[h_kv, n]`, row-major.
 ///
 /// On the host: the scores are a few thousand values per head (burn-flex's `avg_pool1d` took a
 /// tenth of the press at 4k tokens), and they are read back for the top-k right after.
-fn average_pool<B: Backend>(x: Tensor<B, 3>, kernel: usize) -> Result<Tensor<B, 3>> {
-    if kernel <= 1 {
-        return Ok(x);
-    }
-    let (dims, device) = (x.dims(), x.device());
-    let m = dims[2].max(1);
-    let half = kernel / 2;
-    let data = to_host(x)?;
-    let mut out = vec![0f32; data.len()];
-    for (row, pooled) in data.chunks(m).zip(out.chunks_mut(m)) {
-        for (i, p) in pooled.iter_mut().enumerate() {
-            let window = &row[i.saturating_sub(half)..(i + half + 1).min(m)];
-            *p = window.iter().sum::<f32>() / kernel as f32;
+fn pooled_group_mean(attended: &[f32], h_kv: usize, n: usize, w: usize, kernel: usize) -> Vec<f32> {
+    let h = attended.len() / n.max(1);
+    let g = (h / h_kv.max(1)).max(1);
+    let mut out = vec![0f32; h_kv * n];
+    for (kv, out) in out.chunks_exact_mut(n).enumerate() {
+        for head in kv * g..(kv + 1) * g {
+            let row = &attended[head * n..][..n - w];
+            let pooled = if kernel > 1 {
+                average_pool(row, kernel)
+            } else {
+                row.to_vec()
+            };
+            for (o, p) in out.iter_mut().zip(pooled) {
+                *o += p / g as f32;
+            }
         }
     }
-    Ok(Tensor::from_data(TensorData::new(out, dims), &device))
+    out
 }
 
 impl<B: Backend> Scorer<B> for SnapKv {
@@ -78,16 +93,12 @@ impl<B: Backend> Scorer<B> for SnapKv {
                 detail: format!("must be odd, got {}", self.kernel_size),
             });
         }
-        let h = inputs.queries.dims()[1];
-        let attended = window_attention_mean(inputs.queries, keys, w, (d as f32).powf(-0.5))?
-            .narrow(2, 0, n - w);
-        let pooled = average_pool(attended, self.kernel_size)?;
-        let grouped = pooled
-            .reshape([1, h_kv, h / h_kv, n - w])
-            .mean_dim(2)
-            .reshape([1, h_kv, n - w]);
-        let window = Tensor::<B, 3>::zeros([1, h_kv, w], &keys.device());
-        Ok(Tensor::cat(vec![grouped, window], 2))
+        let attended = window_attention_mean(inputs.queries, keys, w, (d as f32).powf(-0.5))?;
+        let scores = pooled_group_mean(&to_host(attended)?, h_kv, n, w, self.kernel_size);
+        Ok(Tensor::from_data(
+            TensorData::new(scores, [1, h_kv, n]),
+            &keys.device(),
+        ))
     }
 
     fn protected(&self, _inputs: &LayerInputs<'_, B>, n: usize) -> Result<Vec<bool>> {
@@ -99,20 +110,21 @@ impl<B: Backend> Scorer<B> for SnapKv {
 mod tests {
     use super::*;
 
-    type B = burn::backend::Flex;
-
     #[test]
     fn average_pool_counts_the_padding() {
-        let x = Tensor::<B, 3>::from_data(
-            TensorData::new(vec![3.0f32, 6.0, 9.0, 12.0], [1, 1, 4]),
-            &Default::default(),
-        );
-        let got: Vec<f32> = average_pool(x, 3)
-            .expect("pooled")
-            .into_data()
-            .to_vec()
-            .expect("f32");
         // (0+3+6)/3, (3+6+9)/3, (6+9+12)/3, (9+12+0)/3
-        assert_eq!(got, vec![3.0, 6.0, 9.0, 7.0]);
+        assert_eq!(
+            average_pool(&[3.0, 6.0, 9.0, 12.0], 3),
+            vec![3.0, 6.0, 9.0, 7.0]
+        );
+    }
+
+    #[test]
+    fn pooled_scores_are_averaged_over_the_group_and_zero_in_the_window() {
+        // two query heads of one KV head, n = 5, window 1, pool 3
+        let attended = [3.0, 6.0, 9.0, 12.0, 100.0, 0.0, 3.0, 0.0, 3.0, 100.0];
+        let got = pooled_group_mean(&attended, 1, 5, 1, 3);
+        // head 0 pooled: 3, 6, 9, 7; head 1 pooled: 1, 1, 2, 1; the window entry 0
+        assert_eq!(got, vec![2.0, 3.5, 5.5, 4.0, 0.0]);
     }
 }

@@ -102,8 +102,24 @@ pub(crate) fn write_rows<B: Backend>(
 /// rows), copied whole into `[1, h, indices.len(), d]`; `None` otherwise or when an index is
 /// out of range.
 pub(crate) fn select_rows<B: Backend>(t: &Tensor<B, 4>, indices: &[usize]) -> Option<Tensor<B, 4>> {
+    select_rows_per_head(t, &vec![indices.to_vec(); t.dims()[1]])
+}
+
+/// Row `indices[h][i]` of head `h` of `t` (`[1, h, n, d]`, a flex f32 view with contiguous
+/// rows) at row `i` of `[1, h, k, d]`, every list `k` long; `None` otherwise or when an index
+/// is out of range.
+pub(crate) fn select_rows_per_head<B: Backend>(
+    t: &Tensor<B, 4>,
+    indices: &[Vec<usize>],
+) -> Option<Tensor<B, 4>> {
     let [b, h, n, d] = t.dims();
-    if b != 1 || indices.iter().any(|&i| i >= n) {
+    let k = indices.first()?.len();
+    let fits = b == 1
+        && indices.len() == h
+        && indices
+            .iter()
+            .all(|idx| idx.len() == k && idx.iter().all(|&i| i < n));
+    if !fits {
         return None;
     }
     let flex = flex_tensor(t)?;
@@ -111,15 +127,15 @@ pub(crate) fn select_rows<B: Backend>(t: &Tensor<B, 4>, indices: &[usize]) -> Op
     if !view.covers(h, n, d) {
         return None;
     }
-    let mut out = Vec::with_capacity(h * indices.len() * d);
-    for head in 0..h {
+    let mut out = Vec::with_capacity(h * k * d);
+    for (head, idx) in indices.iter().enumerate() {
         let rows = view.rows_from(head, 0);
-        for &i in indices {
+        for &i in idx {
             out.extend_from_slice(&rows[i * view.row_stride..][..d]);
         }
     }
     Some(Tensor::from_data(
-        burn::tensor::TensorData::new(out, [1, h, indices.len(), d]),
+        burn::tensor::TensorData::new(out, [1, h, k, d]),
         &t.device(),
     ))
 }
