@@ -296,10 +296,11 @@ impl<E> Storage<E> {
         if let Storage::Dense(e) = &self {
             let count = indices.first().map_or(0, Vec::len);
             let uniform = count > 0 && indices.len() == e.heads();
-            if uniform && indices.iter().all(|idx| idx.len() == count) {
-                if let Some(kept) = e.select_per_head(indices) {
-                    return Storage::Dense(kept);
-                }
+            if uniform
+                && indices.iter().all(|idx| idx.len() == count)
+                && let Some(kept) = e.select_per_head(indices)
+            {
+                return Storage::Dense(kept);
             }
         }
         // One `select` per head then one concatenation: far cheaper on CPU backends than a
