@@ -235,13 +235,33 @@ pub fn top_k_per_head(scores: &[Vec<f32>], protected: &[bool], k: usize) -> Vec<
         .iter()
         .map(|row| {
             let k = k.min(row.len());
-            let mut idx: Vec<usize> = (0..row.len()).collect();
-            if k > 0 && k < idx.len() {
-                // the first k in `ranked`'s order, without sorting the rest (a total order:
-                // the same set)
-                idx.select_nth_unstable_by(k - 1, |&a, &b| rank_order(row, protected, a, b));
+            let is_forced = |i: usize| protected.get(i).copied().unwrap_or(false);
+            // `ranked`'s order as one integer per entry, descending: the protected flag, the
+            // score in an order-preserving encoding (that of `total_cmp`), the position
+            // reversed (ties to the lower); the first k found without sorting the rest (a
+            // total order: the same set)
+            let mut keys: Vec<u128> = row
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let bits = x.to_bits();
+                    let ordered = if bits >> 31 == 1 {
+                        !bits
+                    } else {
+                        bits | 1 << 31
+                    };
+                    (u128::from(is_forced(i)) << 96)
+                        | (u128::from(ordered) << 64)
+                        | u128::from(u64::MAX - i as u64)
+                })
+                .collect();
+            if k > 0 && k < keys.len() {
+                keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
             }
-            idx.truncate(k);
+            let mut idx: Vec<usize> = keys[..k]
+                .iter()
+                .map(|&key| (u64::MAX - key as u64) as usize)
+                .collect();
             idx.sort_unstable();
             idx
         })
@@ -522,6 +542,33 @@ mod tests {
             top_k_per_head(&scores, &protected, 2),
             vec![vec![1, 4], vec![0, 4]]
         );
+    }
+
+    #[test]
+    fn top_k_equals_the_first_k_of_ranked() {
+        // ties, signed zeros, infinities and protected entries
+        let values = [
+            0.5,
+            -1.0,
+            0.5,
+            f32::INFINITY,
+            -0.0,
+            0.0,
+            2.0,
+            -3.5,
+            f32::NEG_INFINITY,
+        ];
+        let row: Vec<f32> = (0..200).map(|i| values[(i * 7) % values.len()]).collect();
+        let protected: Vec<bool> = (0..200).map(|i| i % 37 == 5).collect();
+        for k in [0, 1, 7, 100, 199, 200] {
+            let mut want: Vec<usize> = ranked(&row, &protected)[..k].to_vec();
+            want.sort_unstable();
+            assert_eq!(
+                top_k_per_head(std::slice::from_ref(&row), &protected, k),
+                vec![want],
+                "k {k}"
+            );
+        }
     }
 
     #[test]

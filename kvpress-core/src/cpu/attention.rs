@@ -224,6 +224,12 @@ pub(crate) fn window_mean<B: Backend>(
     let (fq, fk) = (flex_tensor(queries)?, flex_tensor(keys)?);
     let window = Window::new(queries.dims(), keys.dims(), (&fq, &fk), w, scale)?;
     let (heads, n) = (queries.dims()[1], keys.dims()[2]);
+    if let Some(mean) = window.mean_by_flash(heads) {
+        return Some(Tensor::from_data(
+            TensorData::new(mean, [1, heads, n]),
+            &queries.device(),
+        ));
+    }
     let halves = if w >= 2 { 2 } else { 1 };
     let per_half = w.div_ceil(halves);
     let mut parts = vec![0f32; heads * halves * n];
@@ -291,6 +297,55 @@ impl<'a> Window<'a> {
             dim,
             scale,
         })
+    }
+
+    /// [`window_mean`]'s `[h_q, n]` means by [`flash::window_mean`], in tasks of as many heads
+    /// of a KV group as fill its 128 lanes (the groups' full blocks first); `None` where that
+    /// kernel does not run.
+    fn mean_by_flash(&self, heads: usize) -> Option<Vec<f32>> {
+        let Self {
+            q,
+            k,
+            group,
+            m,
+            n,
+            w,
+            dim,
+            scale,
+        } = *self;
+        if !flash::supported(dim) || w == 0 || w > flash::ROWS {
+            return None;
+        }
+        let per_block = (flash::ROWS / w).clamp(1, group);
+        let blocks = group.div_ceil(per_block);
+        let mut tasks: Vec<(usize, usize)> = (0..heads / group)
+            .flat_map(|kv| (0..blocks).map(move |b| (b, kv)))
+            .collect();
+        tasks.sort_unstable();
+        let parts: Option<Vec<(usize, Vec<f32>)>> = tasks
+            .into_par_iter()
+            .map(|(b, kv)| {
+                let first = kv * group + b * per_block;
+                let last = (first + per_block).min((kv + 1) * group);
+                let block = flash::WindowHeads {
+                    queries: (first..last).map(|h| q.rows_from(h, m - w)).collect(),
+                    q_stride: q.row_stride,
+                    k: k.rows_from(kv, 0),
+                    k_stride: k.row_stride,
+                    n,
+                    w,
+                    d: dim,
+                    scale,
+                };
+                let mut out = vec![0f32; (last - first) * n];
+                flash::window_mean(&block, &mut out).then_some((first, out))
+            })
+            .collect();
+        let mut mean = vec![0f32; heads * n];
+        for (first, part) in parts? {
+            mean[first * n..][..part.len()].copy_from_slice(&part);
+        }
+        Some(mean)
     }
 
     /// `probs` (`[w, n]`) = the window probabilities of query head `head`.

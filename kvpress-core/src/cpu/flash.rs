@@ -134,7 +134,7 @@ pub(super) fn query_block(
             // SAFETY: AVX-512F (`supported`); keys start..start + width lie inside `k`
             // (`fits`: visible keys), `queries` is d × ROWS, `tile` width × ROWS.
             unsafe {
-                avx512::scores(
+                avx512::scores::<ROW_VECTORS>(
                     block.k.as_ptr().add(start * block.k_stride),
                     block.k_stride,
                     width,
@@ -180,35 +180,40 @@ pub(super) fn query_block(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{LANES, ROW_VECTORS, ROWS, exp};
+    use super::{LANES, ROWS, exp};
     use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_storeu_ps,
+        __m512, __mmask16, _mm512_add_epi32, _mm512_add_ps, _mm512_castps_si512,
+        _mm512_castsi512_ps, _mm512_cmplt_epi32_mask, _mm512_fmadd_ps, _mm512_fnmadd_ps,
+        _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_mov_ps, _mm512_maskz_mov_ps,
+        _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_epi32,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_slli_epi32,
+        _mm512_storeu_ps, _mm512_sub_epi32, _mm512_sub_ps,
     };
 
-    /// `Sᵀ[r] = Σ_c K[r][c] · Qᵀ[c]` for `R` keys (rows of `st`, `ROWS` wide).
+    /// `Sᵀ[r] = Σ_c K[r][c] · Qᵀ[c]` for `R` keys (rows of `st`, `V` vectors of lanes wide).
     ///
     /// SAFETY (caller): AVX-512F; `R` keys of `d` values at `k_stride` from `k`; `qt` holds
-    /// `d × ROWS`, `st` `R × ROWS`.
+    /// `d × 16·V`, `st` `R × 16·V`.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // one load of each query vector, used by every key
-    unsafe fn key_scores<const R: usize>(
+    unsafe fn key_scores<const R: usize, const V: usize>(
         k: *const f32,
         k_stride: usize,
         d: usize,
         qt: *const f32,
         st: *mut f32,
     ) {
+        let lanes = V * LANES;
         // SAFETY: as the function's contract.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); ROW_VECTORS]; R];
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
             for c in 0..d {
-                let q = qt.add(c * ROWS);
+                let q = qt.add(c * lanes);
                 let mut s = [_mm512_setzero_ps(); R];
                 for (r, s) in s.iter_mut().enumerate() {
                     *s = _mm512_set1_ps(*k.add(r * k_stride + c));
                 }
-                for v in 0..ROW_VECTORS {
+                for v in 0..V {
                     let queries = _mm512_loadu_ps(q.add(v * LANES));
                     for r in 0..R {
                         acc[r][v] = _mm512_fmadd_ps(s[r], queries, acc[r][v]);
@@ -217,18 +222,18 @@ mod avx512 {
             }
             for (r, acc) in acc.iter().enumerate() {
                 for (v, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(st.add(r * ROWS + v * LANES), *acc);
+                    _mm512_storeu_ps(st.add(r * lanes + v * LANES), *acc);
                 }
             }
         }
     }
 
-    /// The scores of `width` keys against the block's transposed queries: `st` (`[width,
-    /// ROWS]`).
+    /// The scores of `width` keys against transposed queries of `16·V` lanes: `st`
+    /// (`[width, 16·V]`).
     ///
     /// SAFETY (caller): as [`key_scores`] for `width` keys.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scores(
+    pub(super) unsafe fn scores<const V: usize>(
         k: *const f32,
         k_stride: usize,
         width: usize,
@@ -236,16 +241,147 @@ mod avx512 {
         qt: *const f32,
         st: *mut f32,
     ) {
+        let lanes = V * LANES;
         // SAFETY: as the function's contract; each call reads keys j..j + 3 (or j) < width.
         unsafe {
             let mut j = 0;
             while j + 3 <= width {
-                key_scores::<3>(k.add(j * k_stride), k_stride, d, qt, st.add(j * ROWS));
+                key_scores::<3, V>(k.add(j * k_stride), k_stride, d, qt, st.add(j * lanes));
                 j += 3;
             }
             while j < width {
-                key_scores::<1>(k.add(j * k_stride), k_stride, d, qt, st.add(j * ROWS));
+                key_scores::<1, V>(k.add(j * k_stride), k_stride, d, qt, st.add(j * lanes));
                 j += 1;
+            }
+        }
+    }
+
+    /// `eˣ` on 16 lanes for `x ≤ 0`: [`super::exp`]'s reduction and polynomial.
+    #[inline(always)]
+    fn exp_lanes(x: __m512) -> __m512 {
+        const LOG2_E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HIGH: f32 = 0.693_359_4;
+        const LN2_LOW: f32 = -2.121_944_4e-4;
+        const ROUND: f32 = 12_582_912.0;
+        // SAFETY: register-only intrinsics of AVX-512F, which every caller is compiled for.
+        unsafe {
+            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_setzero_ps());
+            let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2_E), _mm512_set1_ps(ROUND));
+            let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HIGH), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LOW), r);
+            let mut p = _mm512_set1_ps(1.987_569_1e-4);
+            for c in [
+                1.398_2e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                1.666_666_5e-1,
+                0.5,
+            ] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            }
+            let e_r = _mm512_add_ps(
+                _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+                _mm512_set1_ps(1.0),
+            );
+            let bits = _mm512_sub_epi32(
+                _mm512_castps_si512(shifted),
+                _mm512_set1_epi32(ROUND.to_bits() as i32),
+            );
+            let two_n = _mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127)));
+            _mm512_mul_ps(e_r, _mm512_castsi512_ps(two_n))
+        }
+    }
+
+    /// Per head, the mean over its `w` lanes of the softmax down the key rows of `st` (`[n,
+    /// 16·V]` scores, lane `head · w + i` seeing keys `j ≤ n − w + i`; overwritten by
+    /// probabilities): `out[head · n + j]`. Lanes past `heads · w` are ignored.
+    ///
+    /// SAFETY (caller): AVX-512F; `heads · w ≤ 16·V`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // maxima and sums indexed with the row's vectors
+    pub(super) unsafe fn window_softmax_mean<const V: usize>(
+        st: &mut [f32],
+        heads: usize,
+        n: usize,
+        w: usize,
+        out: &mut [f32],
+    ) {
+        let width = V * LANES;
+        let lanes = heads * w;
+        // SAFETY: every pointer below stays inside `st` (n rows of `width`), the intrinsics
+        // are AVX-512F.
+        unsafe {
+            // each lane's window row: key j is hidden from rows i < j + w − n
+            let mut row_of_lane = [_mm512_setzero_si512(); V];
+            for (v, r) in row_of_lane.iter_mut().enumerate() {
+                let rows: [i32; LANES] = std::array::from_fn(|l| ((v * LANES + l) % w) as i32);
+                *r = _mm512_loadu_si512(rows.as_ptr().cast());
+            }
+            let hidden = |j: usize, v: usize| -> __mmask16 {
+                if j + w > n {
+                    _mm512_cmplt_epi32_mask(row_of_lane[v], _mm512_set1_epi32((j + w - n) as i32))
+                } else {
+                    0
+                }
+            };
+            let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+            let base = st.as_mut_ptr();
+            let mut top = [neg_inf; V];
+            for j in 0..n {
+                for v in 0..V {
+                    let x = _mm512_loadu_ps(base.add(j * width + v * LANES));
+                    let x = _mm512_mask_mov_ps(x, hidden(j, v), neg_inf);
+                    top[v] = _mm512_max_ps(top[v], x);
+                }
+            }
+            let mut sum = [_mm512_setzero_ps(); V];
+            for j in 0..n {
+                for v in 0..V {
+                    let at = base.add(j * width + v * LANES);
+                    let p = exp_lanes(_mm512_sub_ps(_mm512_loadu_ps(at), top[v]));
+                    let p = _mm512_maskz_mov_ps(!hidden(j, v), p);
+                    _mm512_storeu_ps(at, p);
+                    sum[v] = _mm512_add_ps(sum[v], p);
+                }
+            }
+            // each lane's probabilities divided by its sum and by w: the mean's weights
+            let mut weights = [_mm512_setzero_ps(); V];
+            for v in 0..V {
+                let mut sums = [0f32; LANES];
+                _mm512_storeu_ps(sums.as_mut_ptr(), sum[v]);
+                let lane_weights: [f32; LANES] = std::array::from_fn(|l| {
+                    if v * LANES + l < lanes {
+                        1.0 / (sums[l] * w as f32)
+                    } else {
+                        0.0
+                    }
+                });
+                weights[v] = _mm512_loadu_ps(lane_weights.as_ptr());
+            }
+            let mut weighted = [0f32; ROWS];
+            for j in 0..n {
+                let row = base.add(j * width);
+                if w.is_multiple_of(LANES) {
+                    // each head's lanes are whole vectors
+                    let per_head = w / LANES;
+                    for head in 0..heads {
+                        let mut total = _mm512_setzero_ps();
+                        for v in head * per_head..(head + 1) * per_head {
+                            let p = _mm512_loadu_ps(row.add(v * LANES));
+                            total = _mm512_fmadd_ps(p, weights[v], total);
+                        }
+                        out[head * n + j] = _mm512_reduce_add_ps(total);
+                    }
+                } else {
+                    for v in 0..V {
+                        let p = _mm512_mul_ps(_mm512_loadu_ps(row.add(v * LANES)), weights[v]);
+                        _mm512_storeu_ps(weighted.as_mut_ptr().add(v * LANES), p);
+                    }
+                    for head in 0..heads {
+                        out[head * n + j] = weighted[head * w..][..w].iter().sum();
+                    }
+                }
             }
         }
     }
@@ -384,5 +520,98 @@ mod avx512 {
                 }
             }
         }
+    }
+}
+
+/// The window rows of a few query heads that read the same keys (a KV group's, or part of it).
+#[derive(Debug, Clone)]
+pub(super) struct WindowHeads<'a> {
+    /// Per head, window row `i` at `[i · q_stride ..][.. d]` (the last `w` queries).
+    pub queries: Vec<&'a [f32]>,
+    pub q_stride: usize,
+    /// Key `j` at `k[j · k_stride ..][.. d]`, `n` keys; window row `i` sees keys `0 ..= n − w + i`.
+    pub k: &'a [f32],
+    pub k_stride: usize,
+    pub n: usize,
+    pub w: usize,
+    pub d: usize,
+    pub scale: f32,
+}
+
+/// Keys up to which [`window_mean`] holds all of a block's scores (`n × 128` floats at most;
+/// beyond, gemm's path holds a few rows' at a time).
+const WINDOW_MAX_KEYS: usize = 1 << 16;
+
+/// Per head, the window's softmax attention averaged over its `w` rows: `out[head · n + j]`;
+/// the heads' rows are the lanes of one block (`heads · w ≤ 128`). False (and `out` untouched)
+/// unless [`supported`], within [`WINDOW_MAX_KEYS`], and every read inside the slices.
+pub(super) fn window_mean(block: &WindowHeads<'_>, out: &mut [f32]) -> bool {
+    let WindowHeads {
+        ref queries,
+        q_stride,
+        k,
+        k_stride,
+        n,
+        w,
+        d,
+        scale,
+    } = *block;
+    let heads = queries.len();
+    let lanes = heads * w;
+    let inside = |data: &[f32], stride: usize, count: usize| {
+        count == 0 || (count - 1) * stride + d <= data.len()
+    };
+    if !supported(d)
+        || heads == 0
+        || w == 0
+        || w > n
+        || lanes > ROWS
+        || n > WINDOW_MAX_KEYS
+        || out.len() != heads * n
+        || !inside(k, k_stride, n)
+        || queries.iter().any(|q| !inside(q, q_stride, w))
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vectors = lanes.div_ceil(LANES);
+        let width = vectors * LANES;
+        // lane (head, i): window row i of the head, scaled; lanes past them stay 0
+        let mut qt = vec![0f32; d * width];
+        for (head, rows) in queries.iter().enumerate() {
+            for i in 0..w {
+                for (c, &x) in rows[i * q_stride..][..d].iter().enumerate() {
+                    qt[c * width + head * w + i] = x * scale;
+                }
+            }
+        }
+        let mut st = vec![0f32; n * width];
+        let (kp, qp, sp) = (k.as_ptr(), qt.as_ptr(), st.as_mut_ptr());
+        macro_rules! run {
+            ($v:literal) => {
+                // SAFETY: AVX-512F (`supported`); n keys inside `k` (checked), `qt` is
+                // d × width and `st` n × width with width = 16 · vectors; heads · w ≤ width.
+                unsafe {
+                    avx512::scores::<$v>(kp, k_stride, n, d, qp, sp);
+                    avx512::window_softmax_mean::<$v>(&mut st, heads, n, w, out);
+                }
+            };
+        }
+        match vectors {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            4 => run!(4),
+            5 => run!(5),
+            6 => run!(6),
+            7 => run!(7),
+            _ => run!(8),
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
