@@ -455,7 +455,10 @@ impl<B: Backend> Llama<B> {
                     },
                 };
                 if prefill {
+                    let before = layer_cache.bytes();
                     press.compress(&inputs, layer_cache)?;
+                    let freed = before.saturating_sub(layer_cache.bytes());
+                    kvpress_core::allocator::release_freed(freed);
                 } else {
                     press.compress_decoding(&inputs, layer_cache)?;
                 }
