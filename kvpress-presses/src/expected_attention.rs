@@ -12,9 +12,9 @@
 //!    (covariance term optional), `a = softmax_i(z)`, averaged over the query heads of the group.
 //! 4. With `use_vnorm`: `s_i = (a_i + ε)·‖v_i‖₂`. The `n_sink` first entries are protected.
 
-use burn::tensor::{Tensor, activation::softmax, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use kvpress_core::error::{CoreError, Result};
-use kvpress_core::{LayerInputs, Scorer, moments};
+use kvpress_core::{LayerInputs, Scorer, activation, moments};
 
 /// The expected-attention scorer (defaults as kvpress).
 #[derive(Debug, Clone, Copy)]
@@ -95,11 +95,7 @@ impl ExpectedAttention {
                 keys.matmul(mean_rot).mul_scalar(scale).swap_dims(2, 3)
             }
         };
-        let attention = softmax(logits.reshape([1, h, t]), 2);
-        let mut scores = attention
-            .reshape([1, h_kv, g, t])
-            .mean_dim(2)
-            .reshape([1, h_kv, t]);
+        let mut scores = activation::grouped_softmax_mean(logits); // [1, h_kv, T]
         if self.use_vnorm {
             let norms = moments::row_norms(&values.clone().narrow(2, sink, t));
             scores = scores.add_scalar(self.epsilon) * norms;

@@ -1,5 +1,6 @@
 //! The MLP's gated activation `silu(gate) · up` in one vectorised pass over host memory
-//! (burn-flex runs `silu` through a scalar `expf` per element, then a second pass to multiply).
+//! (burn-flex runs `silu` through a scalar `expf` per element, then a second pass to multiply),
+//! and the presses' softmax averaged over head groups.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
@@ -7,7 +8,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
 use super::flex_tensor;
-use super::math::exp;
+use super::math::{exp, lane_sum};
 
 /// Elements per task.
 const CHUNK: usize = 1 << 16;
@@ -97,5 +98,47 @@ mod tests {
         let x = Tensor::<Flex, 2>::ones([4, 6], &dev);
         assert!(silu_mul(&x.clone().swap_dims(0, 1), &x.clone().swap_dims(0, 1)).is_none());
         assert!(silu_mul(&x, &Tensor::<Flex, 2>::ones([6, 4], &dev)).is_none());
+    }
+}
+
+/// Row softmax of `[1, h_kv, g, n]` logits averaged over `g`, on the flex backend: `[1, h_kv, n]`;
+/// `None` on other backends, element types or layouts (contiguous only).
+pub(crate) fn grouped_softmax_mean<B: Backend>(logits: &Tensor<B, 4>) -> Option<Tensor<B, 3>> {
+    let [b, h_kv, g, n] = logits.dims();
+    if b != 1 || g == 0 || n == 0 {
+        return None;
+    }
+    let flex = flex_tensor(logits)?;
+    let x = contiguous(&flex, h_kv * g * n)?;
+    let mut out = vec![0f32; h_kv * n];
+    out.par_chunks_mut(n)
+        .zip(x.par_chunks(g * n))
+        .for_each(|(mean, rows)| {
+            let mut probabilities = vec![0f32; n];
+            for row in rows.chunks_exact(n) {
+                add_softmax(row, 1.0 / g as f32, &mut probabilities, mean);
+            }
+        });
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, h_kv, n]),
+        &logits.device(),
+    ))
+}
+
+widest_simd! {
+    /// `mean += weight · softmax(row)`, `scratch` (as long as `row`) overwritten.
+    fn add_softmax(row: &[f32], weight: f32, scratch: &mut [f32], mean: &mut [f32]) => add_softmax_body
+}
+
+/// The body of [`add_softmax`].
+#[inline(always)]
+fn add_softmax_body(row: &[f32], weight: f32, scratch: &mut [f32], mean: &mut [f32]) {
+    let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (p, &x) in scratch.iter_mut().zip(row) {
+        *p = exp(x - top);
+    }
+    let scale = weight / lane_sum(scratch);
+    for (m, &p) in mean.iter_mut().zip(scratch.iter()) {
+        *m += p * scale;
     }
 }
