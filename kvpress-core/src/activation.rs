@@ -70,7 +70,8 @@ mod tests {
             assert_eq!(got.dims(), [1, h_kv, n]);
             let got: Vec<f32> = got.into_data().to_vec().expect("f32");
             for (a, b) in got.iter().zip(&want) {
-                assert!((*a as f64 - b).abs() <= 1e-6 * b.max(1e-3), "{a} vs {b}");
+                // f32 sums of 1500 terms and a polynomial exp: about 2e-6 relative
+                assert!((*a as f64 - b).abs() <= 1e-5 * b.max(1e-6), "{a} vs {b}");
             }
         }
     }

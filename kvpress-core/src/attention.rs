@@ -535,14 +535,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn window_attention_equals_the_last_rows_of_full_attention() {
-        let dev = Default::default();
-        let (h, h_kv, n, d, w) = (4, 2, 9, 8, 3);
-        let q = Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &dev);
-        let k = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
-        let got = window_attention(&q, &k, w, 0.35).expect("ok");
-        // Reference: full causal attention probabilities with explicitly repeated heads.
+    /// Reference: the full causal attention probabilities (`[1, h, n, n]`) with explicitly
+    /// repeated KV heads.
+    fn full_causal_probabilities(q: &Tensor<B, 4>, k: &Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
+        let [_, h, n, d] = q.dims();
+        let h_kv = k.dims()[1];
         let kr = k
             .clone()
             .unsqueeze_dim::<5>(2)
@@ -554,12 +551,22 @@ mod tests {
                 bias[i * n + j] = f32::NEG_INFINITY;
             }
         }
-        let bias =
-            Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &dev).reshape([1, 1, n, n]);
-        let full = softmax(
-            q.clone().matmul(kr.swap_dims(2, 3)).mul_scalar(0.35) + bias,
+        let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &q.device())
+            .reshape([1, 1, n, n]);
+        softmax(
+            q.clone().matmul(kr.swap_dims(2, 3)).mul_scalar(scale) + bias,
             3,
-        );
+        )
+    }
+
+    #[test]
+    fn window_attention_equals_the_last_rows_of_full_attention() {
+        let dev = Default::default();
+        let (h, h_kv, n, d, w) = (4, 2, 9, 8, 3);
+        let q = Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let got = window_attention(&q, &k, w, 0.35).expect("ok");
+        let full = full_causal_probabilities(&q, &k, 0.35);
         let want = full.clone().narrow(2, n - w, w);
         let diff = (got - want).abs().max().into_scalar();
         assert!(diff < 1e-6, "{diff}");
@@ -587,23 +594,7 @@ mod tests {
             let q = Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &dev);
             let k = Tensor::<B, 4>::random([1, h_kv, n, d], Distribution::Normal(0.0, 1.0), &dev);
             let scale = (d as f32).powf(-0.5);
-            let kr = k
-                .clone()
-                .unsqueeze_dim::<5>(2)
-                .expand([1, h_kv, h / h_kv, n, d])
-                .reshape([1, h, n, d]);
-            let mut bias = vec![0f32; n * n];
-            for i in 0..n {
-                for j in i + 1..n {
-                    bias[i * n + j] = f32::NEG_INFINITY;
-                }
-            }
-            let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [n, n]), &dev)
-                .reshape([1, 1, n, n]);
-            let full = softmax(
-                q.clone().matmul(kr.swap_dims(2, 3)).mul_scalar(scale) + bias,
-                3,
-            );
+            let full = full_causal_probabilities(&q, &k, scale);
             let want = full.narrow(2, n - w, w).mean_dim(2).reshape([1, h, n]);
             let mean = window_attention_mean(&q, &k, w, scale).expect("ok");
             let diff = (mean - want).abs().max().into_scalar();

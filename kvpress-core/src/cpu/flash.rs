@@ -13,26 +13,17 @@
 //!
 //! A 4k-token prefill of the default model: 884–894 → 979–981 tokens/s (`xtask bench-worker`).
 
+use super::LANES;
 use super::math::exp;
 
-/// f32 lanes of an AVX-512 vector.
-const LANES: usize = 16;
 /// Query rows of a block: 8 vectors.
 pub(super) const ROWS: usize = 128;
 /// Vectors of query rows.
 const ROW_VECTORS: usize = ROWS / LANES;
 
-/// True when this CPU runs the kernel for head dimension `d`.
+/// True when this CPU runs the kernels for head dimension `d`.
 pub(super) fn supported(d: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        (d == 64 || d == 128) && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = d;
-        false
-    }
+    super::avx512_runs(d)
 }
 
 /// A thread's buffers for [`query_block`].

@@ -177,6 +177,23 @@ pub(crate) fn contiguous<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option
     ))
 }
 
+/// f32 lanes of an AVX-512 vector ([`flash`] and [`symmetric`]).
+const LANES: usize = 16;
+
+/// True when this CPU runs the AVX-512 kernels ([`flash`], [`symmetric`]) for head dimension
+/// `d` (64 or 128).
+fn avx512_runs(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (d == 64 || d == 128) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
+        false
+    }
+}
+
 /// The available cores (read once).
 fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

@@ -124,52 +124,29 @@ pub(crate) fn quadratic_forms<B: Backend>(
     let forms: Vec<f32> = forms.clone().into_data().to_vec().ok()?;
     let linear: Vec<f32> = linear.clone().into_data().to_vec().ok()?;
     let blocks = n.div_ceil(ROWS_PER_TASK);
-    if symmetric::supported(d) {
-        let uppers: Vec<Vec<f32>> = forms
-            .chunks_exact(d * d)
-            .map(|c| symmetric::upper_form(c, d))
-            .collect();
-        // tasks of (head, block of rows), every form of the head; rows as [g, rows]
-        let parts: Vec<Vec<f32>> = (0..h * blocks)
-            .into_par_iter()
-            .map(|task| {
-                let (head, block) = (task / blocks, task % blocks);
-                let first = block * ROWS_PER_TASK;
-                let rows = ROWS_PER_TASK.min(n - first);
-                let x = view.rows_from(head, first);
-                let mut out = vec![0f32; g * rows];
-                for (j, out) in out.chunks_exact_mut(rows).enumerate() {
-                    let form = head * g + j;
-                    let line = &linear[form * d..][..d];
-                    let done = symmetric::quadratic_forms(
-                        x,
-                        view.row_stride,
-                        rows,
-                        d,
-                        &uppers[form],
-                        line,
-                        out,
-                    );
-                    debug_assert!(done, "supported head dimension, rows inside the view");
-                }
-                out
-            })
-            .collect();
-        return Some(assemble(&parts, h, g, n, blocks, &keys.device()));
-    }
     let width = g * d;
-    // per head, the forms side by side (`[d, g·d]`: element (a, j·d + b) is Cⱼ[a][b]), so
-    // that one product projects a row for every form of the head
-    let mut side_by_side = vec![0f32; h * d * width];
-    for head in 0..h {
-        for j in 0..g {
-            for a in 0..d {
-                let from = &forms[((head * g + j) * d + a) * d..][..d];
-                side_by_side[(head * d + a) * width + j * d..][..d].copy_from_slice(from);
+    // AVX-512: each form's upper triangle (`symmetric::upper_form`); otherwise, per head, the
+    // forms side by side (`[d, g·d]`: element (a, j·d + b) is Cⱼ[a][b]) so that one gemm
+    // projects a row for every form of the head
+    let triangles = symmetric::supported(d);
+    let prepared: Vec<f32> = if triangles {
+        forms
+            .chunks_exact(d * d)
+            .flat_map(|c| symmetric::upper_form(c, d))
+            .collect()
+    } else {
+        let mut side_by_side = vec![0f32; h * d * width];
+        for head in 0..h {
+            for j in 0..g {
+                for a in 0..d {
+                    let from = &forms[((head * g + j) * d + a) * d..][..d];
+                    side_by_side[(head * d + a) * width + j * d..][..d].copy_from_slice(from);
+                }
             }
         }
-    }
-    // tasks of (head, block of rows): the projection of a block stays in the core's cache
+        side_by_side
+    };
+    // tasks of (head, block of rows): a block's rows stay in the core's cache; rows as [g, rows]
     let parts: Vec<Vec<f32>> = (0..h * blocks)
         .into_par_iter()
         .map(|task| {
@@ -177,6 +154,18 @@ pub(crate) fn quadratic_forms<B: Backend>(
             let first = block * ROWS_PER_TASK;
             let rows = ROWS_PER_TASK.min(n - first);
             let x = view.rows_from(head, first);
+            let mut out = vec![0f32; g * rows];
+            if triangles {
+                for (j, out) in out.chunks_exact_mut(rows).enumerate() {
+                    let form = head * g + j;
+                    let upper = &prepared[form * d * d..][..d * d];
+                    let line = &linear[form * d..][..d];
+                    let done =
+                        symmetric::quadratic_forms(x, view.row_stride, rows, d, upper, line, out);
+                    debug_assert!(done, "supported head dimension, rows inside the view");
+                }
+                return out;
+            }
             // projected rows start as the linear terms: x·C + l, then dotted with x
             let lines = &linear[head * width..][..width];
             let mut projected: Vec<f32> = lines.repeat(rows);
@@ -194,7 +183,7 @@ pub(crate) fn quadratic_forms<B: Backend>(
                     x.as_ptr(),
                     1,
                     view.row_stride as isize,
-                    side_by_side[head * d * width..].as_ptr(),
+                    prepared[head * d * width..].as_ptr(),
                     1,
                     width as isize,
                     1.0,
@@ -205,7 +194,6 @@ pub(crate) fn quadratic_forms<B: Backend>(
                     gemm::Parallelism::None,
                 );
             }
-            let mut out = vec![0f32; g * rows];
             row_dots(x, view.row_stride, &projected, g, &mut out);
             out
         })

@@ -5,20 +5,11 @@
 //! computes both triangles (one layer of expected_attention at 1k keys: quadratic forms
 //! 264 → 107 µs).
 
-/// f32 lanes of an AVX-512 vector.
-const LANES: usize = 16;
+use super::LANES;
 
-/// True when this CPU runs these kernels for head dimension `d`.
+/// True when this CPU runs the kernels for head dimension `d`.
 pub(super) fn supported(d: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        (d == 64 || d == 128) && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = d;
-        false
-    }
+    super::avx512_runs(d)
 }
 
 /// True when `rows` rows of `d` values at `row_stride` lie inside `x`.
