@@ -5,11 +5,10 @@
 //! above 128 KiB, so every layer faults its pages in again: a tenth of a 4k-token prefill was
 //! page faults (`perf`). Keeping blocks up to 64 MiB in the heap reuses the pages (a 4k-token
 //! prefill of the default model: 6.2 → 4.9 s). Free memory above 256 MiB at a heap's top still
-//! goes back to the kernel. The trim threshold trades speed for memory (measured with `cargo
-//! xtask bench`, docs/bench/README.md): at 64 MiB a 4k-token prefill gave back and faulted in
-//! its layers' temporaries (830–848 tokens/s against 884–894 at 256 MiB); at 512 MiB every
-//! thread's arena held its freed layers, and a 16k-token prefill compressed at 0.5 peaked only
-//! 38% of the cache below an uncompressed one (256 MiB: 47%).
+//! goes back to the kernel; at 64 MiB a 4k-token prefill gave back and faulted in its layers'
+//! temporaries (830–848 tokens/s against 884–894 at 256 MiB). What a press frees inside the
+//! heaps goes back through [`release_freed`] (measured with `cargo xtask bench`,
+//! docs/bench/README.md).
 
 /// Blocks above this many bytes still get their own mapping.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -41,9 +40,9 @@ pub fn tune_for_tensors() -> bool {
 }
 
 /// Freed bytes at which [`release_freed`] trims the heaps: a 16k-token prefill of the default
-/// model frees 12 MiB per layer at 0.5 and peaked 1601–1861 MiB untrimmed (none: 1944), 1474–
-/// 1476 MiB trimmed; at 4k tokens (3 MiB per layer) trimming every layer cost a fifth of the
-/// prefill (the layers' temporaries faulted in again) for no memory that matters.
+/// model frees 12 MiB per layer at 0.5 and peaked 1601–1861 MiB untrimmed (none: 1943),
+/// 1474–1498 MiB trimmed; at 4k tokens (3 MiB per layer) trimming every layer cost a fifth of
+/// the prefill (the layers' temporaries faulted in again) for no memory that matters.
 const RELEASE_THRESHOLD: usize = 8 << 20;
 
 /// Hands the free memory of every heap back to the kernel (glibc's `malloc_trim`) once a press

@@ -34,8 +34,8 @@ trait Entries<B: Backend>: Clone + Sized {
     fn narrow(self, dim: usize, start: usize, len: usize) -> Self;
     /// The entries at `indices` (along dim 2), in that order.
     fn select(self, indices: &[usize]) -> Self;
-    /// Every head's entries at its own `indices[h]` (lists of one length), in one pass; `None`
-    /// where that is not faster than a selection per head.
+    /// Every head's entries at its own `indices[h]`, in one pass; `None` unless there is a list
+    /// per head, all of one length, and the backend gains from it.
     fn select_per_head(&self, _indices: &[Vec<usize>]) -> Option<Self> {
         None
     }
@@ -293,15 +293,13 @@ impl<E> Storage<E> {
     where
         E: Entries<B>,
     {
-        if let Storage::Dense(e) = &self {
-            let count = indices.first().map_or(0, Vec::len);
-            let uniform = count > 0 && indices.len() == e.heads();
-            if uniform
-                && indices.iter().all(|idx| idx.len() == count)
-                && let Some(kept) = e.select_per_head(indices)
-            {
-                return Storage::Dense(kept);
-            }
+        // (every head keeping nothing empties the storage below)
+        let keeps_some = indices.first().is_some_and(|idx| !idx.is_empty());
+        if let Storage::Dense(e) = &self
+            && keeps_some
+            && let Some(kept) = e.select_per_head(indices)
+        {
+            return Storage::Dense(kept);
         }
         // One `select` per head then one concatenation: far cheaper on CPU backends than a
         // gather with indices expanded over the head dimension.

@@ -271,19 +271,15 @@ pub fn top_k_per_head(scores: &[Vec<f32>], protected: &[bool], k: usize) -> Vec<
 /// Indices of `row` from the most to the least worth keeping: flagged entries of `forced`
 /// (missing flags: false) first, then by descending score, ties to the lower index.
 pub fn ranked(row: &[f32], forced: &[bool]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &b| rank_order(row, forced, a, b));
-    idx
-}
-
-/// The order of [`ranked`]: entry `a` before `b` when forced and `b` is not, else by
-/// descending score, ties to the lower index.
-fn rank_order(row: &[f32], forced: &[bool], a: usize, b: usize) -> std::cmp::Ordering {
     let is_forced = |i: usize| forced.get(i).copied().unwrap_or(false);
-    is_forced(b)
-        .cmp(&is_forced(a))
-        .then(row[b].total_cmp(&row[a]))
-        .then(a.cmp(&b))
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| {
+        is_forced(b)
+            .cmp(&is_forced(a))
+            .then(row[b].total_cmp(&row[a]))
+            .then(a.cmp(&b))
+    });
+    idx
 }
 
 /// The head-wise budget step shared by AdaKV-style presses: over all heads of a layer

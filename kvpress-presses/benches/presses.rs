@@ -1,6 +1,7 @@
-//! Time of one press on one layer of a 1k- and a 4k-token prefill at the default model's shape (9 query
-//! heads, 3 KV heads, head dimension 64, hidden 576), random inputs, on the flex backend:
-//! scoring, choosing and evicting, as the model calls it. `cargo bench -p kvpress-presses`.
+//! Time of one press on one layer of a 1k- and a 4k-token prefill at the default model's shape
+//! (9 query heads, 3 KV heads, head dimension 64, hidden 576), random inputs, on the flex
+//! backend: scoring, choosing and evicting, as the model calls it.
+//! `cargo bench -p kvpress-presses`.
 //!
 //! Against a layer's prefill (`cargo xtask bench` reports the share inside presses end to end),
 //! this isolates the press so that its cost can be profiled (`perf record` on the bench binary).

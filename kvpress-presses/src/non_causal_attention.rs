@@ -13,6 +13,8 @@ use kvpress_core::error::{CoreError, Result};
 use kvpress_core::press::{to_host, z_scores};
 use kvpress_core::{LayerInputs, Scorer, moments};
 
+use crate::snapkv::average_pool;
+
 /// The non-causal chunked attention scorer (default `chunk_size = 256`).
 #[derive(Debug, Clone, Copy)]
 pub struct NonCausalAttention {
@@ -85,18 +87,7 @@ impl NonCausalAttention {
         let v_norms = moments::row_norms(values).reshape([h_kv, n]);
         let weighted = to_host(columns * v_norms)?;
         // average pool of width 3 with zero padding counted
-        Ok(weighted
-            .chunks(n)
-            .map(|row| {
-                (0..n)
-                    .map(|i| {
-                        let left = if i > 0 { row[i - 1] } else { 0.0 };
-                        let right = row.get(i + 1).copied().unwrap_or(0.0);
-                        (left + row[i] + right) / 3.0
-                    })
-                    .collect()
-            })
-            .collect())
+        Ok(weighted.chunks(n).map(|row| average_pool(row, 3)).collect())
     }
 }
 

@@ -31,9 +31,9 @@ impl Default for SnapKv {
     }
 }
 
-/// Average pool of width `kernel` along each row of `m` values, with `kernel / 2` zeros on
-/// each side counted in the average (PyTorch's `avg_pool1d` default).
-fn average_pool(row: &[f32], kernel: usize) -> Vec<f32> {
+/// Average pool of width `kernel` along a row, with `kernel / 2` zeros on each side counted in
+/// the average (PyTorch's `avg_pool1d` default).
+pub(crate) fn average_pool(row: &[f32], kernel: usize) -> Vec<f32> {
     let half = kernel / 2;
     (0..row.len())
         .map(|i| {

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
 use super::flex_tensor;
-use super::math::{exp, lane_sum};
+use super::math::{add_softmax, exp};
 
 /// Elements per task.
 const CHUNK: usize = 1 << 16;
@@ -114,9 +114,10 @@ pub(crate) fn grouped_softmax_mean<B: Backend>(logits: &Tensor<B, 4>) -> Option<
     out.par_chunks_mut(n)
         .zip(x.par_chunks(g * n))
         .for_each(|(mean, rows)| {
-            let mut probabilities = vec![0f32; n];
+            let mut scratch = vec![0f32; n];
             for row in rows.chunks_exact(n) {
-                add_softmax(row, 1.0 / g as f32, &mut probabilities, mean);
+                scratch.copy_from_slice(row);
+                add_group_softmax(&mut scratch, 1.0 / g as f32, mean);
             }
         });
     Some(Tensor::from_data(
@@ -126,19 +127,6 @@ pub(crate) fn grouped_softmax_mean<B: Backend>(logits: &Tensor<B, 4>) -> Option<
 }
 
 widest_simd! {
-    /// `mean += weight · softmax(row)`, `scratch` (as long as `row`) overwritten.
-    fn add_softmax(row: &[f32], weight: f32, scratch: &mut [f32], mean: &mut [f32]) => add_softmax_body
-}
-
-/// The body of [`add_softmax`].
-#[inline(always)]
-fn add_softmax_body(row: &[f32], weight: f32, scratch: &mut [f32], mean: &mut [f32]) {
-    let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for (p, &x) in scratch.iter_mut().zip(row) {
-        *p = exp(x - top);
-    }
-    let scale = weight / lane_sum(scratch);
-    for (m, &p) in mean.iter_mut().zip(scratch.iter()) {
-        *m += p * scale;
-    }
+    /// [`add_softmax`] for the widest vector unit.
+    fn add_group_softmax(x: &mut [f32], weight: f32, mean: &mut [f32]) => add_softmax
 }

@@ -19,7 +19,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
-use super::math::{dot, exp, lane_sum};
+use super::math::{add_softmax, dot, exp, lane_sum};
 use super::{Strided, flash, flex_tensor, strided};
 
 /// Query rows per block (one task): the rows of the AVX-512 kernel's block.
@@ -128,19 +128,19 @@ pub(crate) fn causal_attention(
                 rows,
                 // Query `first + r` sees keys up to `keys − queries + first + r`.
                 last_key_of_first_row: keys - queries + first,
+                k: k.rows_from(kv, 0),
+                k_stride: k.row_stride,
+                v: v.rows_from(kv, 0),
+                v_stride: v.row_stride,
+                dim,
+                scale,
             };
-            let keys_values = (
-                k.rows_from(kv, 0),
-                k.row_stride,
-                v.rows_from(kv, 0),
-                v.row_stride,
-            );
             let out = OutRows {
                 data: &mut o[head * dim..],
                 stride: heads * dim,
                 dim,
             };
-            query_block(block, keys_values, out, scale, scratch);
+            query_block(block, out, scratch);
         }
     };
     let blocks = out.chunks_mut(QUERY_BLOCK * heads * dim).enumerate();
@@ -158,13 +158,23 @@ pub(crate) fn causal_attention(
     Some(out)
 }
 
-/// Query rows of one head: row `r` at `q[r · q_stride ..][.. dim]`.
-struct QueryBlock<'a> {
-    q: &'a [f32],
-    q_stride: usize,
-    rows: usize,
+/// Query rows of one head and the keys and values they see.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct QueryBlock<'a> {
+    /// Query row `r` at `q[r · q_stride ..][.. dim]`.
+    pub q: &'a [f32],
+    pub q_stride: usize,
+    pub rows: usize,
     /// Row `r` sees keys `0 ..= last_key_of_first_row + r`.
-    last_key_of_first_row: usize,
+    pub last_key_of_first_row: usize,
+    /// Key `j` at `k[j · k_stride ..][.. dim]`, value `j` likewise in `v`.
+    pub k: &'a [f32],
+    pub k_stride: usize,
+    pub v: &'a [f32],
+    pub v_stride: usize,
+    pub dim: usize,
+    /// Applied to the scores (`1/√d`).
+    pub scale: f32,
 }
 
 /// Output rows: row `r` at `data[r · stride ..][.. dim]`.
@@ -209,9 +219,8 @@ pub(crate) fn window<B: Backend>(
 }
 
 /// [`window`]'s probabilities averaged over the `w` window queries, without forming them all
-/// at once: tasks of (query head, half of the window) hold their rows' scores in a thread's
-/// buffer, normalise each row into the mean as they add it, and the halves are added at the
-/// end (two tasks per head keep both threads busy to the end with 9 heads).
+/// at once (one head's `w × n` at a time per thread; a KV group's heads at once in
+/// [`flash::window_mean`] where it runs).
 ///
 /// # Shapes
 /// - `queries`: `[1, h_q, m, d]`, `keys`: `[1, h_kv, n, d]`; returns `[1, h_q, n]`
@@ -224,32 +233,22 @@ pub(crate) fn window_mean<B: Backend>(
     let (fq, fk) = (flex_tensor(queries)?, flex_tensor(keys)?);
     let window = Window::new(queries.dims(), keys.dims(), (&fq, &fk), w, scale)?;
     let (heads, n) = (queries.dims()[1], keys.dims()[2]);
-    if let Some(mean) = window.mean_by_flash(heads) {
-        return Some(Tensor::from_data(
-            TensorData::new(mean, [1, heads, n]),
-            &queries.device(),
-        ));
-    }
-    let halves = if w >= 2 { 2 } else { 1 };
-    let per_half = w.div_ceil(halves);
-    let mut parts = vec![0f32; heads * halves * n];
-    if !parts.is_empty() && w > 0 {
-        parts.par_chunks_mut(n).enumerate().for_each_init(
-            || vec![0f32; per_half * n],
-            |scores, (task, mean)| {
-                let (head, half) = (task / halves, task % halves);
-                let first = half * per_half;
-                let rows = per_half.min(w - first);
-                let scores = &mut scores[..rows * n];
-                window.scores(head, first, rows, scores);
-                add_window_rows_mean(scores, n, n - w + 1 + first, w, mean);
-            },
-        );
-    }
-    let out: Vec<f32> = parts
-        .chunks_exact(halves * n)
-        .flat_map(|head| (0..n).map(move |j| (0..halves).map(|half| head[half * n + j]).sum()))
-        .collect();
+    let out = match window.mean_by_flash(heads) {
+        Some(mean) => mean,
+        None => {
+            let mut mean = vec![0f32; heads * n];
+            if !mean.is_empty() && w > 0 {
+                mean.par_chunks_mut(n).enumerate().for_each_init(
+                    || vec![0f32; w * n],
+                    |scores, (head, mean)| {
+                        window.scores(head, scores);
+                        add_window_rows_mean(scores, n, n - w + 1, w, mean);
+                    },
+                );
+            }
+            mean
+        }
+    };
     Some(Tensor::from_data(
         TensorData::new(out, [1, heads, n]),
         &queries.device(),
@@ -350,13 +349,12 @@ impl<'a> Window<'a> {
 
     /// `probs` (`[w, n]`) = the window probabilities of query head `head`.
     fn probabilities(&self, head: usize, probs: &mut [f32]) {
-        self.scores(head, 0, self.w, probs);
+        self.scores(head, probs);
         softmax_window_rows(probs, self.n, self.n - self.w + 1);
     }
 
-    /// `scores` (`[rows, n]`) = `q·kᵀ·scale` of window queries `first..first + rows` of query
-    /// head `head` (`first + rows ≤ w`).
-    fn scores(&self, head: usize, first: usize, rows: usize, scores: &mut [f32]) {
+    /// `scores` (`[w, n]`) = `q·kᵀ·scale` of the window queries of query head `head`.
+    fn scores(&self, head: usize, scores: &mut [f32]) {
         let Self {
             q,
             k,
@@ -367,18 +365,15 @@ impl<'a> Window<'a> {
             dim,
             scale,
         } = *self;
-        debug_assert!(
-            first + rows <= w && scores.len() == rows * n,
-            "window rows out of range"
-        );
-        let queries = q.rows_from(head, m - w + first);
+        debug_assert!(scores.len() == w * n, "a window's scores");
+        let queries = q.rows_from(head, m - w);
         let keys = k.rows_from(head / group, 0);
-        // SAFETY: `scores` is rows × n (row-major, checked); query row i lies at
-        // i · q.row_stride in `queries` (rows of the window, inside the view, which covers
-        // [h_q, m, d]) and key row j at j · k.row_stride in `keys`; nothing aliases `scores`.
+        // SAFETY: `scores` is w × n (row-major); query row i lies at i · q.row_stride in
+        // `queries` (rows of the window, inside the view, which covers [h_q, m, d]) and key
+        // row j at j · k.row_stride in `keys`; nothing aliases `scores`.
         unsafe {
             gemm::gemm(
-                rows,
+                w,
                 n,
                 dim,
                 scores.as_mut_ptr(),
@@ -424,15 +419,7 @@ fn add_window_rows_mean_body(
     mean: &mut [f32],
 ) {
     for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-        let live = &mut row[..(first_sees + i).min(n)];
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for x in live.iter_mut() {
-            *x = exp(*x - max);
-        }
-        let weight = 1.0 / (lane_sum(live) * w as f32);
-        for (m, &x) in mean.iter_mut().zip(live.iter()) {
-            *m += x * weight;
-        }
+        add_softmax(&mut row[..(first_sees + i).min(n)], 1.0 / w as f32, mean);
     }
 }
 
@@ -655,22 +642,11 @@ impl Scratch {
 }
 
 /// One head's block of query rows with online softmax over key tiles, accumulated into `out`.
-/// `keys_values`: keys, their row stride, values, their row stride (rows of `dim` entries).
-fn query_block(
-    block: QueryBlock<'_>,
-    (k, k_stride, v, v_stride): (&[f32], usize, &[f32], usize),
-    mut out: OutRows<'_>,
-    scale: f32,
-    scratch: &mut Scratch,
-) {
+fn query_block(block: QueryBlock<'_>, mut out: OutRows<'_>, scratch: &mut Scratch) {
+    if flash::query_block(&block, KEY_TILE, out.data, out.stride, &mut scratch.flash) {
+        return;
+    }
     let QueryBlock {
-        q,
-        q_stride,
-        rows,
-        last_key_of_first_row,
-    } = block;
-    let dim = out.dim;
-    let flash_block = flash::Block {
         q,
         q_stride,
         rows,
@@ -679,18 +655,9 @@ fn query_block(
         k_stride,
         v,
         v_stride,
-        d: dim,
+        dim,
         scale,
-    };
-    if flash::query_block(
-        &flash_block,
-        KEY_TILE,
-        out.data,
-        out.stride,
-        &mut scratch.flash,
-    ) {
-        return;
-    }
+    } = block;
     let visible = last_key_of_first_row + rows; // keys any row of the block sees
     let Scratch {
         scores, max, sum, ..

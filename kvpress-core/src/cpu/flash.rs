@@ -13,8 +13,9 @@
 //!
 //! A 4k-token prefill of the default model: 884–894 → 979–981 tokens/s (`xtask bench-worker`).
 
-use super::LANES;
+use super::attention::QueryBlock;
 use super::math::exp;
+use super::{LANES, rows_fit};
 
 /// Query rows of a block: 8 vectors.
 pub(super) const ROWS: usize = 128;
@@ -41,35 +42,14 @@ pub(super) struct Scratch {
     correction: Vec<f32>,
 }
 
-/// The block's rows and the keys they see.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Block<'a> {
-    /// Query row `r` at `q[r · q_stride ..][.. d]`, `rows ≤ ROWS`.
-    pub q: &'a [f32],
-    pub q_stride: usize,
-    pub rows: usize,
-    /// Row `r` sees keys `0 ..= last_key_of_first_row + r`.
-    pub last_key_of_first_row: usize,
-    /// Key `j` at `k[j · k_stride ..][.. d]`, value `j` likewise in `v`.
-    pub k: &'a [f32],
-    pub k_stride: usize,
-    pub v: &'a [f32],
-    pub v_stride: usize,
-    pub d: usize,
-    pub scale: f32,
-}
-
-impl Block<'_> {
+impl QueryBlock<'_> {
     /// True when every row, key and value the block reads lies inside its slices.
     fn fits(&self) -> bool {
         let visible = self.last_key_of_first_row + self.rows;
-        let inside = |data: &[f32], stride: usize, count: usize| {
-            count == 0 || (count - 1) * stride + self.d <= data.len()
-        };
         self.rows <= ROWS
-            && inside(self.q, self.q_stride, self.rows)
-            && inside(self.k, self.k_stride, visible)
-            && inside(self.v, self.v_stride, visible)
+            && rows_fit(self.q, self.q_stride, self.rows, self.dim)
+            && rows_fit(self.k, self.k_stride, visible, self.dim)
+            && rows_fit(self.v, self.v_stride, visible, self.dim)
     }
 }
 
@@ -77,13 +57,13 @@ impl Block<'_> {
 /// `d` wide), key tiles of `key_tile`; false (and `out` untouched) unless
 /// [`supported`] and every read and write lies inside the slices.
 pub(super) fn query_block(
-    block: &Block<'_>,
+    block: &QueryBlock<'_>,
     key_tile: usize,
     out: &mut [f32],
     out_stride: usize,
     scratch: &mut Scratch,
 ) -> bool {
-    let d = block.d;
+    let d = block.dim;
     let rows = block.rows;
     if !supported(d)
         || !block.fits()
@@ -173,12 +153,10 @@ pub(super) fn query_block(
 mod avx512 {
     use super::{LANES, ROWS, exp};
     use std::arch::x86_64::{
-        __m512, __mmask16, _mm512_add_epi32, _mm512_add_ps, _mm512_castps_si512,
-        _mm512_castsi512_ps, _mm512_cmplt_epi32_mask, _mm512_fmadd_ps, _mm512_fnmadd_ps,
+        __m512, __mmask16, _mm512_add_ps, _mm512_cmplt_epi32_mask, _mm512_fmadd_ps,
         _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_mov_ps, _mm512_maskz_mov_ps,
-        _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_epi32,
-        _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_slli_epi32,
-        _mm512_storeu_ps, _mm512_sub_epi32, _mm512_sub_ps,
+        _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_epi32, _mm512_set1_ps,
+        _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_ps, _mm512_sub_ps,
     };
 
     /// `Sᵀ[r] = Σ_c K[r][c] · Qᵀ[c]` for `R` keys (rows of `st`, `V` vectors of lanes wide).
@@ -247,40 +225,18 @@ mod avx512 {
         }
     }
 
-    /// `eˣ` on 16 lanes for `x ≤ 0`: [`super::exp`]'s reduction and polynomial.
+    /// `eˣ` on 16 lanes for `x ≤ 0`: [`super::exp`] on each lane (the loop vectorises in the
+    /// AVX-512 callers it is inlined into).
     #[inline(always)]
     fn exp_lanes(x: __m512) -> __m512 {
-        const LOG2_E: f32 = std::f32::consts::LOG2_E;
-        const LN2_HIGH: f32 = 0.693_359_4;
-        const LN2_LOW: f32 = -2.121_944_4e-4;
-        const ROUND: f32 = 12_582_912.0;
-        // SAFETY: register-only intrinsics of AVX-512F, which every caller is compiled for.
+        let mut lanes = [0f32; LANES];
+        // SAFETY: AVX-512F intrinsics in AVX-512F callers; 16 lanes in and out of `lanes`.
         unsafe {
-            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_setzero_ps());
-            let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2_E), _mm512_set1_ps(ROUND));
-            let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HIGH), x);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LOW), r);
-            let mut p = _mm512_set1_ps(1.987_569_1e-4);
-            for c in [
-                1.398_2e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                0.5,
-            ] {
-                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            _mm512_storeu_ps(lanes.as_mut_ptr(), x);
+            for lane in lanes.iter_mut() {
+                *lane = exp(*lane);
             }
-            let e_r = _mm512_add_ps(
-                _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
-                _mm512_set1_ps(1.0),
-            );
-            let bits = _mm512_sub_epi32(
-                _mm512_castps_si512(shifted),
-                _mm512_set1_epi32(ROUND.to_bits() as i32),
-            );
-            let two_n = _mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127)));
-            _mm512_mul_ps(e_r, _mm512_castsi512_ps(two_n))
+            _mm512_loadu_ps(lanes.as_ptr())
         }
     }
 
@@ -549,9 +505,6 @@ pub(super) fn window_mean(block: &WindowHeads<'_>, out: &mut [f32]) -> bool {
     } = *block;
     let heads = queries.len();
     let lanes = heads * w;
-    let inside = |data: &[f32], stride: usize, count: usize| {
-        count == 0 || (count - 1) * stride + d <= data.len()
-    };
     if !supported(d)
         || heads == 0
         || w == 0
@@ -559,8 +512,8 @@ pub(super) fn window_mean(block: &WindowHeads<'_>, out: &mut [f32]) -> bool {
         || lanes > ROWS
         || n > WINDOW_MAX_KEYS
         || out.len() != heads * n
-        || !inside(k, k_stride, n)
-        || queries.iter().any(|q| !inside(q, q_stride, w))
+        || !rows_fit(k, k_stride, n, d)
+        || queries.iter().any(|q| !rows_fit(q, q_stride, w, d))
     {
         return false;
     }

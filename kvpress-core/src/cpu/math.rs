@@ -72,6 +72,20 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     lane_sum(&lanes) + tail
 }
 
+/// `mean[i] += weight · softmax(x)[i]` over the entries of `x` (the rest of `mean` untouched);
+/// `x` is left holding `exp(x − max x)`.
+#[inline(always)]
+pub(crate) fn add_softmax(x: &mut [f32], weight: f32, mean: &mut [f32]) {
+    let top = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in x.iter_mut() {
+        *v = exp(*v - top);
+    }
+    let scale = weight / lane_sum(x);
+    for (m, &p) in mean.iter_mut().zip(x.iter()) {
+        *m += p * scale;
+    }
+}
+
 /// `eˣ` for `x ≤ 0` within about 2 ulp (Cephes' `expf` reduction and polynomial), written
 /// without branches or calls so that loops over it vectorise; `x < −87` gives about `1e-38`
 /// instead of a subnormal or 0.

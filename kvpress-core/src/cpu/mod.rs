@@ -177,6 +177,11 @@ pub(crate) fn contiguous<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option
     ))
 }
 
+/// True when `rows` rows of `width` values, `stride` apart, lie inside `data`.
+fn rows_fit(data: &[f32], stride: usize, rows: usize, width: usize) -> bool {
+    rows == 0 || (rows - 1) * stride + width <= data.len()
+}
+
 /// f32 lanes of an AVX-512 vector ([`flash`] and [`symmetric`]).
 const LANES: usize = 16;
 

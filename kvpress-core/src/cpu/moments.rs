@@ -1,6 +1,7 @@
-//! [`crate::moments`] on host memory for the flex backend: gemm reads the per-head matrices
-//! through their strides (burn's path forms a broadcast matmul for the mean and `g` products,
-//! element-wise products and reductions for the quadratic forms, each a pass over memory).
+//! [`crate::moments`] on host memory for the flex backend: the AVX-512 kernels of
+//! [`super::symmetric`] or gemm read the per-head matrices through their strides (burn's path
+//! forms a broadcast matmul for the mean and `g` products, element-wise products and reductions
+//! for the quadratic forms, each a pass over memory).
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
