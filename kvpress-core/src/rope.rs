@@ -12,6 +12,17 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use crate::error::{CoreError, Result};
 
+/// `scale · R·Cᵢ·Rᵀ` by two matmuls (`r`: `d × d` row-major, `forms`: `[1, h, d, d]`).
+fn congruence_by_burn<B: Backend>(r: &[f32], forms: Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
+    let d = forms.dims()[3];
+    let r = Tensor::<B, 2>::from_data(TensorData::new(r.to_vec(), [d, d]), &forms.device())
+        .reshape([1, 1, d, d]);
+    r.clone()
+        .matmul(forms)
+        .matmul(r.swap_dims(2, 3))
+        .mul_scalar(scale)
+}
+
 /// The `rope_scaling` / `rope_parameters` variants of the Llama family.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -254,6 +265,44 @@ impl RotaryEmbedding {
         device: &B::Device,
     ) -> Tensor<B, 2> {
         let d = self.head_dim;
+        Tensor::from_data(
+            TensorData::new(self.averaged_rotation_shared(positions).to_vec(), [d, d]),
+            device,
+        )
+    }
+
+    /// `scale · R̄·Cᵢ·R̄ᵀ` for every `d × d` matrix `Cᵢ` of `forms`, with `R̄` the
+    /// [`Self::averaged_rotation`] over `positions`: a quadratic form of rotated vectors
+    /// (`(R̄ᵀx)ᵀ C (R̄ᵀx)`) as one of the vectors themselves. On the flex backend `R̄`'s two
+    /// entries per row are used as such; elsewhere two matmuls.
+    ///
+    /// # Shapes
+    /// - `forms`: `[1, h, d, d]`; returns `[1, h, d, d]`
+    pub fn averaged_congruence<B: Backend>(
+        &self,
+        positions: &[usize],
+        forms: Tensor<B, 4>,
+        scale: f32,
+    ) -> Tensor<B, 4> {
+        let d = self.head_dim;
+        let r = self.averaged_rotation_shared(positions);
+        #[cfg(feature = "flex")]
+        {
+            // R̄ as built: cosines on the diagonal, ∓sines in the partner columns
+            let half = d / 2;
+            let diagonal: Vec<f32> = (0..d).map(|i| r[i * d + i]).collect();
+            let across: Vec<f32> = (0..d).map(|i| r[i * d + (i + half) % d]).collect();
+            if let Some(out) =
+                crate::cpu::moments::paired_congruence(&forms, &diagonal, &across, scale)
+            {
+                return out;
+            }
+        }
+        congruence_by_burn(&r, forms, scale)
+    }
+
+    /// [`Self::averaged_rotation`] on the host, remembered for the next call.
+    fn averaged_rotation_shared(&self, positions: &[usize]) -> Arc<[f32]> {
         let remembered = |last: &Option<AveragedRotation>| {
             last.as_ref()
                 .filter(|(at, _)| at.as_slice() == positions)
@@ -265,14 +314,13 @@ impl RotaryEmbedding {
             .lock()
             .ok()
             .and_then(|last| remembered(&last));
-        let r = known.unwrap_or_else(|| {
+        known.unwrap_or_else(|| {
             let r: Arc<[f32]> = self.averaged_rotation_host(positions).into();
             if let Ok(mut last) = self.last_average.lock() {
                 *last = Some((positions.to_vec(), r.clone()));
             }
             r
-        });
-        Tensor::from_data(TensorData::new(r.to_vec(), [d, d]), device)
+        })
     }
 
     /// [`Self::averaged_rotation`] computed on the host, `d × d` row-major.
@@ -484,6 +532,58 @@ mod tests {
         let got = x.reshape([1, 8]).matmul(r.transpose());
         let diff = (got - want).abs().max().into_scalar();
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    /// The flex path's two products per entry against `R̄·C·R̄ᵀ` summed in f64 from the
+    /// averaged rotation's matrix, for non-symmetric forms of two heads.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn averaged_congruence_equals_the_matrix_products() {
+        use burn::backend::Flex;
+        use burn::tensor::Distribution;
+        type B = Flex;
+        let dev = Default::default();
+        let (h, d, scale) = (2, 16, 0.25f32);
+        let rope = RotaryEmbedding::new(d, 10000.0, &RopeScaling::None).expect("valid");
+        let positions: Vec<usize> = (40..75).collect();
+        let forms = Tensor::<B, 4>::random([1, h, d, d], Distribution::Normal(0.0, 1.0), &dev);
+        let c: Vec<f32> = forms.clone().into_data().to_vec().expect("f32");
+        let r: Vec<f32> = rope
+            .averaged_rotation::<B>(&positions, &dev)
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        let by_burn: Vec<f32> = congruence_by_burn(&r, forms.clone(), scale)
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        let got: Vec<f32> = rope
+            .averaged_congruence(&positions, forms, scale)
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        for (head, got) in [got, by_burn]
+            .iter()
+            .flat_map(|got| (0..h).map(move |head| (head, got)))
+        {
+            let c = &c[head * d * d..][..d * d];
+            for i in 0..d {
+                for j in 0..d {
+                    let want: f64 = (0..d)
+                        .flat_map(|a| (0..d).map(move |b| (a, b)))
+                        .map(|(a, b)| {
+                            r[i * d + a] as f64 * c[a * d + b] as f64 * r[j * d + b] as f64
+                        })
+                        .sum::<f64>()
+                        * scale as f64;
+                    let value = got[(head * d + i) * d + j] as f64;
+                    assert!(
+                        (value - want).abs() < 1e-5,
+                        "({head}, {i}, {j}): {value} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -71,11 +71,11 @@ impl ExpectedAttention {
         let device = keys.device();
         // 2. Averaged rotation over the positions after the last query.
         let future: Vec<usize> = (next..next + self.n_future_positions.max(1)).collect();
-        let r = rope
+        let r_t = rope
             .averaged_rotation::<B>(&future, &device)
+            .transpose()
             .reshape([1, 1, d, d]);
-        let r_t = r.clone().swap_dims(2, 3);
-        let mean_rot = mean.matmul(r_t.clone()); // (R̄ μ)ᵀ: [1, h, 1, d]
+        let mean_rot = mean.matmul(r_t); // (R̄ μ)ᵀ: [1, h, 1, d]
         // 3. Logits of the non-sink keys, [1, h_kv, g, T]: the g query heads of a KV group
         //    read its keys together (no repeated keys), which are read in place.
         let scale = (d as f32).powf(-0.5);
@@ -83,7 +83,7 @@ impl ExpectedAttention {
         let logits = match (self.use_covariance, cov) {
             (true, Some(cov)) => {
                 // μ'·k/√d + kᵀ (R̄ Σ R̄ᵀ) k / 2d per query head of the group
-                let cov_rot = r.matmul(cov).matmul(r_t).div_scalar(2.0 * d as f32);
+                let cov_rot = rope.averaged_congruence(&future, cov, 1.0 / (2 * d) as f32);
                 moments::quadratic_forms(
                     &keys,
                     &cov_rot.reshape([1, h_kv, g, d, d]),

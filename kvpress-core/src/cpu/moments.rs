@@ -30,69 +30,145 @@ pub(crate) fn row_moments<B: Backend>(x: &Tensor<B, 4>) -> Option<(Tensor<B, 4>,
     if !view.covers(h, rows, d) {
         return None;
     }
-    let inverse = 1.0 / rows as f32;
-    // Tasks of (head, half of the rows) keep both threads busy to the end (9 heads would
-    // leave one thread a head behind); the halves' sums are added afterwards.
-    let halves = if rows >= 2 * MIN_ROWS_PER_TASK { 2 } else { 1 };
-    let per_half = rows.div_ceil(halves);
-    let mut sums = vec![0f32; h * halves * d];
-    let mut products = vec![0f32; h * halves * d * d];
-    sums.par_chunks_mut(d)
-        .zip(products.par_chunks_mut(d * d))
+    let (stride, inverse) = (view.row_stride, 1.0 / rows as f32);
+    let mut mean = vec![0f32; h * d];
+    let mut second = vec![0f32; h * d * d];
+    mean.par_chunks_mut(d)
+        .zip(second.par_chunks_mut(d * d))
         .enumerate()
-        .for_each(|(task, (sum, product))| {
-            let (head, half) = (task / halves, task % halves);
-            let first = half * per_half;
-            let count = per_half.min(rows - first);
-            let x = view.rows_from(head, first);
-            add_rows(x, view.row_stride, count, sum);
-            if symmetric::second_moment(x, view.row_stride, count, d, inverse, product) {
-                return;
-            }
-            // product = xᵀ·x / T: lhs element (a, t) at t·row_stride + a, rhs (t, b) likewise
-            // SAFETY: `product` is d × d, row-major, and aliases nothing; every (t, a) read lies
-            // inside the view (checked to cover [h, rows, d]).
-            unsafe {
-                gemm::gemm(
-                    d,
-                    d,
-                    count,
-                    product.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    x.as_ptr(),
-                    view.row_stride as isize,
-                    1,
-                    x.as_ptr(),
-                    1,
-                    view.row_stride as isize,
-                    0.0,
-                    inverse,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+        .for_each(|(head, (sum, product))| {
+            let x = view.rows_from(head, 0);
+            // a long head in two halves, so that both threads stay busy to the end (9 heads
+            // would leave one a head behind)
+            if rows >= 2 * MIN_ROWS_PER_TASK {
+                let half = rows / 2;
+                let (mut other_sum, mut other_product) = (vec![0f32; d], vec![0f32; d * d]);
+                rayon::join(
+                    || add_moments(x, stride, half, sum, product),
+                    || {
+                        let rest = view.rows_from(head, half);
+                        add_moments(
+                            rest,
+                            stride,
+                            rows - half,
+                            &mut other_sum,
+                            &mut other_product,
+                        )
+                    },
                 );
+                sum.iter_mut().zip(&other_sum).for_each(|(s, o)| *s += o);
+                product
+                    .iter_mut()
+                    .zip(&other_product)
+                    .for_each(|(p, o)| *p += o);
+            } else {
+                add_moments(x, stride, rows, sum, product);
+            }
+            // divided by T; the lower triangle mirrors the upper one
+            sum.iter_mut().for_each(|s| *s *= inverse);
+            product.iter_mut().for_each(|p| *p *= inverse);
+            for a in 1..d {
+                for b in 0..a {
+                    product[a * d + b] = product[b * d + a];
+                }
             }
         });
-    let add_halves = |parts: &[f32], width: usize, scale: f32| -> Vec<f32> {
-        parts
-            .chunks_exact(halves * width)
-            .flat_map(|head| {
-                (0..width).map(move |i| {
-                    (0..halves).map(|half| head[half * width + i]).sum::<f32>() * scale
-                })
-            })
-            .collect()
-    };
-    let mean = add_halves(&sums, d, inverse);
-    let second = add_halves(&products, d * d, 1.0);
     let device = x.device();
     Some((
         Tensor::from_data(TensorData::new(mean, [1, h, 1, d]), &device),
         Tensor::from_data(TensorData::new(second, [1, h, d, d]), &device),
     ))
+}
+
+/// `scale · R·Cᵢ·Rᵀ` for every head's `Cᵢ` (`[1, h, d, d]`), where `R` is nonzero only on
+/// its diagonal (`diagonal[i] = R[i][i]`) and in each row's rotate_half partner column
+/// (`across[i] = R[i][i ± d/2]`), as RoPE's rotations are: two products per entry instead of
+/// `d`; `None` unless `forms` is a flex f32 tensor of `d = diagonal.len()`.
+pub(crate) fn paired_congruence<B: Backend>(
+    forms: &Tensor<B, 4>,
+    diagonal: &[f32],
+    across: &[f32],
+    scale: f32,
+) -> Option<Tensor<B, 4>> {
+    let [b, h, d, d2] = forms.dims();
+    let half = d / 2;
+    if b != 1 || d != d2 || d % 2 != 0 || diagonal.len() != d || across.len() != d {
+        return None;
+    }
+    flex_tensor(forms)?;
+    let c: Vec<f32> = forms.clone().into_data().to_vec().ok()?;
+    let (d1, d2) = diagonal.split_at(half);
+    let (a1, a2) = across.split_at(half);
+    let mut out = vec![0f32; h * d * d];
+    let mut right = vec![0f32; d * d];
+    for (c, out) in c.chunks_exact(d * d).zip(out.chunks_exact_mut(d * d)) {
+        // right = C·Rᵀ: right[a][j] = C[a][j]·R[j][j] + C[a][partner(j)]·R[j][partner(j)]
+        for (c, right) in c.chunks_exact(d).zip(right.chunks_exact_mut(d)) {
+            let (c1, c2) = c.split_at(half);
+            let (r1, r2) = right.split_at_mut(half);
+            for ((((r1, r2), c1), c2), ((d1, d2), (a1, a2))) in r1
+                .iter_mut()
+                .zip(r2.iter_mut())
+                .zip(c1)
+                .zip(c2)
+                .zip(d1.iter().zip(d2).zip(a1.iter().zip(a2)))
+            {
+                *r1 = c1 * d1 + c2 * a1;
+                *r2 = c2 * d2 + c1 * a2;
+            }
+        }
+        // out = scale · R·right: row i = R[i][i]·right[i] + R[i][partner(i)]·right[partner(i)]
+        for (i, out) in out.chunks_exact_mut(d).enumerate() {
+            let partner = if i < half { i + half } else { i - half };
+            let (own, other) = (&right[i * d..][..d], &right[partner * d..][..d]);
+            let (di, ai) = (scale * diagonal[i], scale * across[i]);
+            for ((value, a), o) in out.iter_mut().zip(own).zip(other) {
+                *value = di * a + ai * o;
+            }
+        }
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, h, d, d]),
+        &forms.device(),
+    ))
+}
+
+/// `sum += Σₜ xₜ` and, at least on and above the diagonal, `product += Σₜ xₜ·xₜᵀ` over
+/// `rows` rows of `x` at `row_stride` (`sum`: `d`, `product`: `d × d`), by the AVX-512 kernel
+/// or gemm.
+fn add_moments(x: &[f32], row_stride: usize, rows: usize, sum: &mut [f32], product: &mut [f32]) {
+    let d = sum.len();
+    if symmetric::add_moments(x, row_stride, rows, d, sum, product) {
+        return;
+    }
+    add_rows(x, row_stride, rows, sum);
+    // product += xᵀ·x: lhs element (a, t) at t·row_stride + a, rhs (t, b) likewise
+    assert!(product.len() == d * d && super::rows_fit(x, row_stride, rows, d));
+    // SAFETY: `product` is d × d, row-major, and aliases nothing; every (t, a) read lies inside
+    // `x` (both checked above).
+    unsafe {
+        gemm::gemm(
+            d,
+            d,
+            rows,
+            product.as_mut_ptr(),
+            1,
+            d as isize,
+            true,
+            x.as_ptr(),
+            row_stride as isize,
+            1,
+            x.as_ptr(),
+            1,
+            row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// `xᵢᵀ·Cⱼ·xᵢ + lⱼ·xᵢ` per head, form and row; `None` unless all are flex f32 tensors (keys
@@ -131,10 +207,11 @@ pub(crate) fn quadratic_forms<B: Backend>(
     // projects a row for every form of the head
     let triangles = symmetric::supported(d);
     let prepared: Vec<f32> = if triangles {
-        forms
-            .chunks_exact(d * d)
-            .flat_map(|c| symmetric::upper_form(c, d))
-            .collect()
+        let mut upper = vec![0f32; forms.len()];
+        for (c, upper) in forms.chunks_exact(d * d).zip(upper.chunks_exact_mut(d * d)) {
+            symmetric::upper_form(c, d, upper);
+        }
+        upper
     } else {
         let mut side_by_side = vec![0f32; h * d * width];
         for head in 0..h {

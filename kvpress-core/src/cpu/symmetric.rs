@@ -12,53 +12,48 @@ pub(super) fn supported(d: usize) -> bool {
     super::avx512_runs(d)
 }
 
-/// `product = scale · Σₜ xₜ·xₜᵀ` (`d × d`, row-major) over `rows` rows of `x` at `row_stride`;
-/// false (and `product` untouched) unless [`supported`].
-pub(super) fn second_moment(
+/// `sum += Σₜ xₜ` and, on and above the diagonal, `product += Σₜ xₜ·xₜᵀ` (`d × d`, row-major;
+/// the entries below it are left as they were or partly added to) over `rows` rows of `x` at
+/// `row_stride`; false (and both untouched) unless [`supported`].
+pub(super) fn add_moments(
     x: &[f32],
     row_stride: usize,
     rows: usize,
     d: usize,
-    scale: f32,
+    sum: &mut [f32],
     product: &mut [f32],
 ) -> bool {
-    if !supported(d) || !rows_fit(x, row_stride, rows, d) || product.len() != d * d {
+    if !supported(d)
+        || !rows_fit(x, row_stride, rows, d)
+        || sum.len() != d
+        || product.len() != d * d
+    {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has AVX-512F (`supported`); every row read lies inside `x` (`rows_fit`) and
-    // every write inside `product` (d × d).
+    // every write inside `sum` (d) and `product` (d × d).
     unsafe {
-        product.fill(0.0);
+        let (x, sum, product) = (x.as_ptr(), sum.as_mut_ptr(), product.as_mut_ptr());
         if d == 64 {
-            avx512::second_moment::<4, 4>(x.as_ptr(), row_stride, rows, product.as_mut_ptr());
+            avx512::add_moments::<4, 4>(x, row_stride, rows, sum, product);
         } else {
-            avx512::second_moment::<8, 2>(x.as_ptr(), row_stride, rows, product.as_mut_ptr());
-        }
-    }
-    // the blocks below the diagonal were skipped (or partly computed): mirror the upper ones
-    for a in 0..d {
-        for b in a..d {
-            product[a * d + b] *= scale;
-        }
-        for b in 0..a {
-            product[a * d + b] = product[b * d + a];
+            avx512::add_moments::<8, 2>(x, row_stride, rows, sum, product);
         }
     }
     true
 }
 
 /// The upper-triangular matrix `U` with `xᵀ·U·x = xᵀ·C·x` for every `x`: `U[a][b] = C[a][b] +
-/// C[b][a]` above the diagonal, `C[a][a]` on it, 0 below (`d × d`, row-major).
-pub(super) fn upper_form(c: &[f32], d: usize) -> Vec<f32> {
-    let mut upper = vec![0f32; d * d];
+/// C[b][a]` above the diagonal, `C[a][a]` on it, 0 below (`d × d`, row-major), into `upper`.
+pub(super) fn upper_form(c: &[f32], d: usize, upper: &mut [f32]) {
     for a in 0..d {
+        upper[a * d..a * d + a].fill(0.0);
         upper[a * d + a] = c[a * d + a];
         for b in a + 1..d {
             upper[a * d + b] = c[a * d + b] + c[b * d + a];
         }
     }
-    upper
 }
 
 /// `out[i] = xᵢᵀ·U·xᵢ + l·xᵢ` for `rows` rows of `x` at `row_stride`, with `U` from
@@ -106,8 +101,8 @@ pub(super) fn quadratic_forms(
 mod avx512 {
     use super::LANES;
     use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps,
-        _mm512_setzero_ps, _mm512_storeu_ps,
+        __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
     };
 
     /// Adds `Σₜ xₜ·xₜᵀ` to rows `a0..a0 + R` of `product`, vector blocks `V0..C`.
@@ -152,21 +147,26 @@ mod avx512 {
         }
     }
 
-    /// Every block on or above the diagonal of `Σₜ xₜ·xₜᵀ` into `product` (zeroed by the
-    /// caller); `R` divides 16. Rows go by blocks of [`ROWS_PER_BLOCK`], which stay in L1
-    /// while every group of `R` product rows passes over them.
+    /// `Σₜ xₜ` added to `sum` and every block on or above the diagonal of `Σₜ xₜ·xₜᵀ` to
+    /// `product`; `R` divides 16. Rows go by blocks of [`ROWS_PER_BLOCK`], which stay in L1
+    /// while every group of `R` product rows, then the sum, passes over them.
     ///
-    /// SAFETY (caller): as [`add_outer_products`] without `a0`.
+    /// SAFETY (caller): as [`add_outer_products`] without `a0`; `sum` holds `16·C`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn second_moment<const C: usize, const R: usize>(
+    pub(super) unsafe fn add_moments<const C: usize, const R: usize>(
         x: *const f32,
         row_stride: usize,
         rows: usize,
+        sum: *mut f32,
         product: *mut f32,
     ) {
         // SAFETY: as the function's contract; `a0 + R ≤ 16·C` since R divides 16, and each
         // block's rows lie among the `rows`.
         unsafe {
+            let mut total = [_mm512_setzero_ps(); C];
+            for (v, total) in total.iter_mut().enumerate() {
+                *total = _mm512_loadu_ps(sum.add(v * LANES));
+            }
             for t0 in (0..rows).step_by(ROWS_PER_BLOCK) {
                 let (x, count) = (x.add(t0 * row_stride), ROWS_PER_BLOCK.min(rows - t0));
                 for a0 in (0..C * LANES).step_by(R) {
@@ -182,11 +182,20 @@ mod avx512 {
                         _ => add_outer_products::<C, R, 7>(x, row_stride, count, a0, p),
                     }
                 }
+                for t in 0..count {
+                    let row = x.add(t * row_stride);
+                    for (v, total) in total.iter_mut().enumerate() {
+                        *total = _mm512_add_ps(*total, _mm512_loadu_ps(row.add(v * LANES)));
+                    }
+                }
+            }
+            for (v, total) in total.iter().enumerate() {
+                _mm512_storeu_ps(sum.add(v * LANES), *total);
             }
         }
     }
 
-    /// Rows of a block of [`second_moment`].
+    /// Rows of a block of [`add_moments`].
     const ROWS_PER_BLOCK: usize = 64;
 
     /// `acc[r] += Σ_a xᵣ[a]·U[a]` over the 16 rows `a` of `U` in vector block `V0` (whose
