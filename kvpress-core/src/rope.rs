@@ -12,17 +12,6 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use crate::error::{CoreError, Result};
 
-/// `scale · R·Cᵢ·Rᵀ` by two matmuls (`r`: `d × d` row-major, `forms`: `[1, h, d, d]`).
-fn congruence_by_burn<B: Backend>(r: &[f32], forms: Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
-    let d = forms.dims()[3];
-    let r = Tensor::<B, 2>::from_data(TensorData::new(r.to_vec(), [d, d]), &forms.device())
-        .reshape([1, 1, d, d]);
-    r.clone()
-        .matmul(forms)
-        .matmul(r.swap_dims(2, 3))
-        .mul_scalar(scale)
-}
-
 /// The `rope_scaling` / `rope_parameters` variants of the Llama family.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -271,34 +260,15 @@ impl RotaryEmbedding {
         )
     }
 
-    /// `scale · R̄·Cᵢ·R̄ᵀ` for every `d × d` matrix `Cᵢ` of `forms`, with `R̄` the
-    /// [`Self::averaged_rotation`] over `positions`: a quadratic form of rotated vectors
-    /// (`(R̄ᵀx)ᵀ C (R̄ᵀx)`) as one of the vectors themselves. On the flex backend `R̄`'s two
-    /// entries per row are used as such; elsewhere two matmuls.
-    ///
-    /// # Shapes
-    /// - `forms`: `[1, h, d, d]`; returns `[1, h, d, d]`
-    pub fn averaged_congruence<B: Backend>(
-        &self,
-        positions: &[usize],
-        forms: Tensor<B, 4>,
-        scale: f32,
-    ) -> Tensor<B, 4> {
+    /// The [`Self::averaged_rotation`] over `positions` by its nonzero entries: `(diagonal,
+    /// across)` with `diagonal[i] = R̄[i][i]` (mean cosines) and `across[i] = R̄[i][i ± d/2]`
+    /// (∓ mean sines, the rotate_half partner column).
+    pub fn averaged_rotation_pairs(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let d = self.head_dim;
         let r = self.averaged_rotation_shared(positions);
-        #[cfg(feature = "flex")]
-        {
-            // R̄ as built: cosines on the diagonal, ∓sines in the partner columns
-            let half = d / 2;
-            let diagonal: Vec<f32> = (0..d).map(|i| r[i * d + i]).collect();
-            let across: Vec<f32> = (0..d).map(|i| r[i * d + (i + half) % d]).collect();
-            if let Some(out) =
-                crate::cpu::moments::paired_congruence(&forms, &diagonal, &across, scale)
-            {
-                return out;
-            }
-        }
-        congruence_by_burn(&r, forms, scale)
+        let diagonal = (0..d).map(|i| r[i * d + i]).collect();
+        let across = (0..d).map(|i| r[i * d + (i + d / 2) % d]).collect();
+        (diagonal, across)
     }
 
     /// [`Self::averaged_rotation`] on the host, remembered for the next call.
@@ -534,56 +504,33 @@ mod tests {
         assert!(diff < 1e-6, "{diff}");
     }
 
-    /// The flex path's two products per entry against `R̄·C·R̄ᵀ` summed in f64 from the
-    /// averaged rotation's matrix, for non-symmetric forms of two heads.
+    /// The pairs are the averaged rotation's only nonzero entries.
     #[cfg(feature = "flex")]
     #[test]
-    fn averaged_congruence_equals_the_matrix_products() {
+    fn averaged_rotation_pairs_are_its_nonzero_entries() {
         use burn::backend::Flex;
-        use burn::tensor::Distribution;
-        type B = Flex;
-        let dev = Default::default();
-        let (h, d, scale) = (2, 16, 0.25f32);
+        let d = 16;
         let rope = RotaryEmbedding::new(d, 10000.0, &RopeScaling::None).expect("valid");
         let positions: Vec<usize> = (40..75).collect();
-        let forms = Tensor::<B, 4>::random([1, h, d, d], Distribution::Normal(0.0, 1.0), &dev);
-        let c: Vec<f32> = forms.clone().into_data().to_vec().expect("f32");
         let r: Vec<f32> = rope
-            .averaged_rotation::<B>(&positions, &dev)
+            .averaged_rotation::<Flex>(&positions, &Default::default())
             .into_data()
             .to_vec()
             .expect("f32");
-        let by_burn: Vec<f32> = congruence_by_burn(&r, forms.clone(), scale)
-            .into_data()
-            .to_vec()
-            .expect("f32");
-        let got: Vec<f32> = rope
-            .averaged_congruence(&positions, forms, scale)
-            .into_data()
-            .to_vec()
-            .expect("f32");
-        for (head, got) in [got, by_burn]
-            .iter()
-            .flat_map(|got| (0..h).map(move |head| (head, got)))
-        {
-            let c = &c[head * d * d..][..d * d];
-            for i in 0..d {
-                for j in 0..d {
-                    let want: f64 = (0..d)
-                        .flat_map(|a| (0..d).map(move |b| (a, b)))
-                        .map(|(a, b)| {
-                            r[i * d + a] as f64 * c[a * d + b] as f64 * r[j * d + b] as f64
-                        })
-                        .sum::<f64>()
-                        * scale as f64;
-                    let value = got[(head * d + i) * d + j] as f64;
-                    assert!(
-                        (value - want).abs() < 1e-5,
-                        "({head}, {i}, {j}): {value} vs {want}"
-                    );
-                }
+        let (diagonal, across) = rope.averaged_rotation_pairs(&positions);
+        for i in 0..d {
+            for j in 0..d {
+                let want = if j == i {
+                    diagonal[i]
+                } else if j == (i + d / 2) % d {
+                    across[i]
+                } else {
+                    0.0
+                };
+                assert_eq!(r[i * d + j], want, "({i}, {j})");
             }
         }
+        assert!(diagonal.iter().chain(&across).all(|v| *v != 0.0));
     }
 
     #[test]

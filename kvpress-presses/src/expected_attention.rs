@@ -58,7 +58,7 @@ impl ExpectedAttention {
     ) -> Result<Tensor<B, 3>> {
         let [_, h_kv, n, d] = keys.dims();
         let h = mean.dims()[1];
-        let (sink, g) = (self.n_sink, h / h_kv.max(1));
+        let sink = self.n_sink;
         if n <= sink || h_kv == 0 || !h.is_multiple_of(h_kv) {
             return Err(CoreError::Invalid {
                 name: "n_sink",
@@ -69,36 +69,22 @@ impl ExpectedAttention {
         }
         let t = n - sink;
         let device = keys.device();
-        // 2. Averaged rotation over the positions after the last query.
+        // 2.–3. Logits of the non-sink keys under the queries' Gaussian rotated on average to
+        //    the positions after the last query, [1, h_kv, g, T]: μ'·k/√d + kᵀ(R̄ΣR̄ᵀ)k/2d
+        //    per query head of the group (the g query heads of a KV group read its keys
+        //    together, in place).
         let future: Vec<usize> = (next..next + self.n_future_positions.max(1)).collect();
-        let r_t = rope
-            .averaged_rotation::<B>(&future, &device)
-            .transpose()
-            .reshape([1, 1, d, d]);
-        let mean_rot = mean.matmul(r_t); // (R̄ μ)ᵀ: [1, h, 1, d]
-        // 3. Logits of the non-sink keys, [1, h_kv, g, T]: the g query heads of a KV group
-        //    read its keys together (no repeated keys), which are read in place.
-        let scale = (d as f32).powf(-0.5);
         let keys = keys.clone().narrow(2, sink, t);
-        let logits = match (self.use_covariance, cov) {
-            (true, Some(cov)) => {
-                // μ'·k/√d + kᵀ (R̄ Σ R̄ᵀ) k / 2d per query head of the group
-                let cov_rot = rope.averaged_congruence(&future, cov, 1.0 / (2 * d) as f32);
-                moments::quadratic_forms(
-                    &keys,
-                    &cov_rot.reshape([1, h_kv, g, d, d]),
-                    &mean_rot.mul_scalar(scale).reshape([1, h_kv, g, d]),
-                )
-            }
-            _ => {
-                let mean_rot = mean_rot.reshape([1, h_kv, g, d]).swap_dims(2, 3); // [.., d, g]
-                keys.matmul(mean_rot).mul_scalar(scale).swap_dims(2, 3)
-            }
-        };
+        let cov = cov.filter(|_| self.use_covariance);
+        let scales = ((d as f32).powf(-0.5), 1.0 / (2 * d) as f32);
+        let logits = moments::gaussian_logits(rope, &future, &keys, &mean, cov.as_ref(), scales);
         let mut scores = activation::grouped_softmax_mean(logits); // [1, h_kv, T]
         if self.use_vnorm {
             let norms = moments::row_norms(&values.clone().narrow(2, sink, t));
-            scores = scores.add_scalar(self.epsilon) * norms;
+            if self.epsilon != 0.0 {
+                scores = scores.add_scalar(self.epsilon);
+            }
+            scores = scores * norms;
         }
         let sinks = Tensor::<B, 3>::zeros([1, h_kv, sink], &device);
         Ok(Tensor::cat(vec![sinks, scores], 2))
@@ -146,10 +132,8 @@ impl<B: Backend> Scorer<B> for ExpectedAttention {
         }
         let q = queries.clone().narrow(2, first, m - first); // [1, h, T_q, d]
         // μ = Σq/T, Σ = Σqqᵀ/T − μμᵀ
-        let (mean, second) = moments::row_moments(&q); // [1, h, 1, d], [1, h, d, d]
-        let cov = self
-            .use_covariance
-            .then(|| second - mean.clone().swap_dims(2, 3).matmul(mean.clone()));
+        let (mean, cov) = moments::row_moments(&q); // [1, h, 1, d], [1, h, d, d]
+        let cov = self.use_covariance.then_some(cov);
         let next = inputs.positions.iter().max().map_or(n, |&p| p + 1);
         self.score_with_statistics(inputs.rope, keys, values, mean, cov, next)
     }

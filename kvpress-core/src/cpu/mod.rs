@@ -22,6 +22,7 @@ mod symmetric;
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use rayon::prelude::*;
 
 /// The flex tensor behind `t` when `B` is [`Flex`] and `t` holds f32.
 fn flex_tensor<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
@@ -127,13 +128,28 @@ pub(crate) fn select_rows_per_head<B: Backend>(
     if !view.covers(h, n, d) {
         return None;
     }
-    let mut out = Vec::with_capacity(h * k * d);
-    for (head, idx) in indices.iter().enumerate() {
-        let rows = view.rows_from(head, 0);
-        for &i in idx {
-            out.extend_from_slice(&rows[i * view.row_stride..][..d]);
-        }
-    }
+    // both threads copy (a head's kept rows in two halves); each row of the output is written
+    // once, without zeroing it first
+    let mut out: Vec<f32> = Vec::with_capacity(h * k * d);
+    let half = k.div_ceil(2).max(1);
+    out.spare_capacity_mut()[..h * k * d]
+        .par_chunks_mut(k * d)
+        .zip(indices)
+        .enumerate()
+        .for_each(|(head, (out, idx))| {
+            let rows = view.rows_from(head, 0);
+            out.par_chunks_mut(half * d)
+                .zip(idx.par_chunks(half))
+                .for_each(|(out, idx)| {
+                    for (out, &i) in out.chunks_exact_mut(d).zip(idx) {
+                        for (o, &v) in out.iter_mut().zip(&rows[i * view.row_stride..][..d]) {
+                            o.write(v);
+                        }
+                    }
+                });
+        });
+    // SAFETY: every one of the h·k·d values was written above (k rows of d per head).
+    unsafe { out.set_len(h * k * d) };
     Some(Tensor::from_data(
         burn::tensor::TensorData::new(out, [1, h, k, d]),
         &t.device(),

@@ -15,8 +15,8 @@ const ROWS_PER_TASK: usize = 512;
 /// Rows below which a head is not split between tasks.
 const MIN_ROWS_PER_TASK: usize = 256;
 
-/// Mean and second moment of the rows of each head; `None` unless `x` is a flex f32 view
-/// with contiguous rows.
+/// Mean and covariance of the rows of each head; `None` unless `x` is a flex f32 view with
+/// contiguous rows.
 ///
 /// # Shapes
 /// - `x`: `[1, h, T, d]`; returns `([1, h, 1, d], [1, h, d, d])`
@@ -64,10 +64,13 @@ pub(crate) fn row_moments<B: Backend>(x: &Tensor<B, 4>) -> Option<(Tensor<B, 4>,
             } else {
                 add_moments(x, stride, rows, sum, product);
             }
-            // divided by T; the lower triangle mirrors the upper one
+            // mean = Σx/T, covariance = Σx·xᵀ/T − mean·meanᵀ; the lower triangle mirrors the
+            // upper one
             sum.iter_mut().for_each(|s| *s *= inverse);
-            product.iter_mut().for_each(|p| *p *= inverse);
-            for a in 1..d {
+            for a in 0..d {
+                for (p, m) in product[a * d + a..(a + 1) * d].iter_mut().zip(&sum[a..]) {
+                    *p = *p * inverse - sum[a] * m;
+                }
                 for b in 0..a {
                     product[a * d + b] = product[b * d + a];
                 }
@@ -80,57 +83,141 @@ pub(crate) fn row_moments<B: Backend>(x: &Tensor<B, 4>) -> Option<(Tensor<B, 4>,
     ))
 }
 
-/// `scale · R·Cᵢ·Rᵀ` for every head's `Cᵢ` (`[1, h, d, d]`), where `R` is nonzero only on
-/// its diagonal (`diagonal[i] = R[i][i]`) and in each row's rotate_half partner column
-/// (`across[i] = R[i][i ± d/2]`), as RoPE's rotations are: two products per entry instead of
-/// `d`; `None` unless `forms` is a flex f32 tensor of `d = diagonal.len()`.
-pub(crate) fn paired_congruence<B: Backend>(
-    forms: &Tensor<B, 4>,
+/// For every key `kᵢ` of every KV head and every one of the `g` query heads of its group
+/// (statistics `μⱼ`, `Σⱼ`): `zᵢⱼ = mean_scale·(R·μⱼ)·kᵢ + cov_scale·kᵢᵀ·(R·Σⱼ·Rᵀ)·kᵢ`, with `R`
+/// nonzero only on its diagonal (`diagonal[i] = R[i][i]`) and in each row's rotate_half
+/// partner column (`across[i] = R[i][i ± d/2]`), as RoPE's rotations are; `None` unless all
+/// are flex f32 tensors with contiguous rows.
+///
+/// # Shapes
+/// - `keys`: `[1, h_kv, n, d]`, `mean`: `[1, h_kv·g, 1, d]`, `cov`: `[1, h_kv·g, d, d]`
+/// - returns `[1, h_kv, g, n]`
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gaussian_logits<B: Backend>(
+    keys: &Tensor<B, 4>,
+    mean: &Tensor<B, 4>,
+    cov: Option<&Tensor<B, 4>>,
+    diagonal: &[f32],
+    across: &[f32],
+    mean_scale: f32,
+    cov_scale: f32,
+) -> Option<Tensor<B, 4>> {
+    let [b, h_kv, n, d] = keys.dims();
+    let h = mean.dims()[1];
+    let fits = b == 1
+        && n > 0
+        && h_kv > 0
+        && h.is_multiple_of(h_kv)
+        && d.is_multiple_of(2)
+        && mean.dims() == [1, h, 1, d]
+        && cov.is_none_or(|c| c.dims() == [1, h, d, d])
+        && diagonal.len() == d
+        && across.len() == d;
+    if !fits {
+        return None;
+    }
+    let g = h / h_kv;
+    let flex = flex_tensor(keys)?;
+    let view = strided(&flex)?;
+    let mean_flex = flex_tensor(mean)?;
+    let mean_view = strided(&mean_flex)?;
+    if !view.covers(h_kv, n, d) || !mean_view.covers(h, 1, d) {
+        return None;
+    }
+    let rotated = |x: &[f32], i: usize| diagonal[i] * x[i] + across[i] * x[(i + d / 2) % d];
+    // linear terms: mean_scale · R·μ per query head
+    let linear: Vec<f32> = (0..h)
+        .flat_map(|head| {
+            let mu = &mean_view.rows_from(head, 0)[..d];
+            (0..d).map(move |i| mean_scale * rotated(mu, i))
+        })
+        .collect();
+    let out = match cov {
+        Some(cov) => {
+            let cov_flex = flex_tensor(cov)?;
+            let cov_view = strided(&cov_flex)?;
+            if !cov_view.covers(h, d, d) {
+                return None;
+            }
+            let mut forms = vec![0f32; h * d * d];
+            let forms = if symmetric::supported(d) {
+                // each form's upper triangle straight away (one pass of the threads)
+                forms
+                    .par_chunks_mut(d * d)
+                    .enumerate()
+                    .for_each(|(head, upper)| {
+                        let mut form = vec![0f32; d * d];
+                        paired_congruence(&cov_view, head, diagonal, across, cov_scale, &mut form);
+                        symmetric::upper_form(&form, d, upper);
+                    });
+                PreparedForms::Upper(forms)
+            } else {
+                forms
+                    .par_chunks_mut(d * d)
+                    .enumerate()
+                    .for_each(|(head, form)| {
+                        paired_congruence(&cov_view, head, diagonal, across, cov_scale, form)
+                    });
+                PreparedForms::new(&forms, h_kv, g, d)
+            };
+            forms_of_rows(&view, h_kv, n, g, &forms, &linear)
+        }
+        None => {
+            let mut out = vec![0f32; h * n];
+            out.par_chunks_mut(n).enumerate().for_each(|(head, out)| {
+                let (x, line) = (view.rows_from(head / g, 0), &linear[head * d..][..d]);
+                for (i, z) in out.iter_mut().enumerate() {
+                    *z = dot(&x[i * view.row_stride..][..d], line);
+                }
+            });
+            out
+        }
+    };
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, h_kv, g, n]),
+        &keys.device(),
+    ))
+}
+
+/// `form = scale · R·C·Rᵀ` for head `head`'s `C` in `cov` (rows of `d`), `R` as in
+/// [`gaussian_logits`]: two products per entry instead of `d`.
+fn paired_congruence(
+    cov: &super::Strided<'_>,
+    head: usize,
     diagonal: &[f32],
     across: &[f32],
     scale: f32,
-) -> Option<Tensor<B, 4>> {
-    let [b, h, d, d2] = forms.dims();
+    form: &mut [f32],
+) {
+    let d = diagonal.len();
     let half = d / 2;
-    if b != 1 || d != d2 || d % 2 != 0 || diagonal.len() != d || across.len() != d {
-        return None;
-    }
-    flex_tensor(forms)?;
-    let c: Vec<f32> = forms.clone().into_data().to_vec().ok()?;
     let (d1, d2) = diagonal.split_at(half);
     let (a1, a2) = across.split_at(half);
-    let mut out = vec![0f32; h * d * d];
+    // right = C·Rᵀ: right[a][j] = C[a][j]·R[j][j] + C[a][partner(j)]·R[j][partner(j)]
     let mut right = vec![0f32; d * d];
-    for (c, out) in c.chunks_exact(d * d).zip(out.chunks_exact_mut(d * d)) {
-        // right = C·Rᵀ: right[a][j] = C[a][j]·R[j][j] + C[a][partner(j)]·R[j][partner(j)]
-        for (c, right) in c.chunks_exact(d).zip(right.chunks_exact_mut(d)) {
-            let (c1, c2) = c.split_at(half);
-            let (r1, r2) = right.split_at_mut(half);
-            for ((((r1, r2), c1), c2), ((d1, d2), (a1, a2))) in r1
-                .iter_mut()
-                .zip(r2.iter_mut())
-                .zip(c1)
-                .zip(c2)
-                .zip(d1.iter().zip(d2).zip(a1.iter().zip(a2)))
-            {
-                *r1 = c1 * d1 + c2 * a1;
-                *r2 = c2 * d2 + c1 * a2;
-            }
-        }
-        // out = scale · R·right: row i = R[i][i]·right[i] + R[i][partner(i)]·right[partner(i)]
-        for (i, out) in out.chunks_exact_mut(d).enumerate() {
-            let partner = if i < half { i + half } else { i - half };
-            let (own, other) = (&right[i * d..][..d], &right[partner * d..][..d]);
-            let (di, ai) = (scale * diagonal[i], scale * across[i]);
-            for ((value, a), o) in out.iter_mut().zip(own).zip(other) {
-                *value = di * a + ai * o;
-            }
+    for (a, right) in right.chunks_exact_mut(d).enumerate() {
+        let (c1, c2) = cov.rows_from(head, a)[..d].split_at(half);
+        let (r1, r2) = right.split_at_mut(half);
+        for ((((r1, r2), c1), c2), ((d1, d2), (a1, a2))) in r1
+            .iter_mut()
+            .zip(r2.iter_mut())
+            .zip(c1)
+            .zip(c2)
+            .zip(d1.iter().zip(d2).zip(a1.iter().zip(a2)))
+        {
+            *r1 = c1 * d1 + c2 * a1;
+            *r2 = c2 * d2 + c1 * a2;
         }
     }
-    Some(Tensor::from_data(
-        TensorData::new(out, [1, h, d, d]),
-        &forms.device(),
-    ))
+    // form = scale · R·right: row i = R[i][i]·right[i] + R[i][partner(i)]·right[partner(i)]
+    for (i, form) in form.chunks_exact_mut(d).enumerate() {
+        let partner = if i < half { i + half } else { i - half };
+        let (own, other) = (&right[i * d..][..d], &right[partner * d..][..d]);
+        let (di, ai) = (scale * diagonal[i], scale * across[i]);
+        for ((value, a), o) in form.iter_mut().zip(own).zip(other) {
+            *value = di * a + ai * o;
+        }
+    }
 }
 
 /// `sum += Σₜ xₜ` and, at least on and above the diagonal, `product += Σₜ xₜ·xₜᵀ` over
@@ -200,19 +287,41 @@ pub(crate) fn quadratic_forms<B: Backend>(
     flex_tensor(linear)?;
     let forms: Vec<f32> = forms.clone().into_data().to_vec().ok()?;
     let linear: Vec<f32> = linear.clone().into_data().to_vec().ok()?;
-    let blocks = n.div_ceil(ROWS_PER_TASK);
-    let width = g * d;
-    // AVX-512: each form's upper triangle (`symmetric::upper_form`); otherwise, per head, the
-    // forms side by side (`[d, g·d]`: element (a, j·d + b) is Cⱼ[a][b]) so that one gemm
-    // projects a row for every form of the head
-    let triangles = symmetric::supported(d);
-    let prepared: Vec<f32> = if triangles {
-        let mut upper = vec![0f32; forms.len()];
-        for (c, upper) in forms.chunks_exact(d * d).zip(upper.chunks_exact_mut(d * d)) {
-            symmetric::upper_form(c, d, upper);
+    let out = forms_of_rows(
+        &view,
+        h,
+        n,
+        g,
+        &PreparedForms::new(&forms, h, g, d),
+        &linear,
+    );
+    Some(Tensor::from_data(
+        TensorData::new(out, [1, h, g, n]),
+        &keys.device(),
+    ))
+}
+
+/// The `h·g` forms `Cⱼ` (`d × d` each) laid out for the kernels of [`forms_of_rows`].
+enum PreparedForms {
+    /// AVX-512: each form's upper triangle (`symmetric::upper_form`).
+    Upper(Vec<f32>),
+    /// Otherwise, per head, the forms side by side (`[d, g·d]`: element (a, j·d + b) is
+    /// Cⱼ[a][b]) so that one gemm projects a row for every form of the head.
+    SideBySide(Vec<f32>),
+}
+
+impl PreparedForms {
+    /// `forms`: `h·g` matrices `d × d`, row-major.
+    fn new(forms: &[f32], h: usize, g: usize, d: usize) -> Self {
+        if symmetric::supported(d) {
+            let mut upper = vec![0f32; forms.len()];
+            upper
+                .par_chunks_mut(d * d)
+                .zip(forms.par_chunks(d * d))
+                .for_each(|(upper, c)| symmetric::upper_form(c, d, upper));
+            return Self::Upper(upper);
         }
-        upper
-    } else {
+        let width = g * d;
         let mut side_by_side = vec![0f32; h * d * width];
         for head in 0..h {
             for j in 0..g {
@@ -222,8 +331,23 @@ pub(crate) fn quadratic_forms<B: Backend>(
                 }
             }
         }
-        side_by_side
-    };
+        Self::SideBySide(side_by_side)
+    }
+}
+
+/// `xᵢᵀ·Cⱼ·xᵢ + lⱼ·xᵢ` for the `n` rows of every head of `view` and its `g` forms (`h·g`
+/// matrices `d × d`, prepared; `linear`: `h·g` vectors of `d`), as `[h, g, n]`.
+fn forms_of_rows(
+    view: &super::Strided<'_>,
+    h: usize,
+    n: usize,
+    g: usize,
+    forms: &PreparedForms,
+    linear: &[f32],
+) -> Vec<f32> {
+    let d = linear.len() / (h * g).max(1);
+    let blocks = n.div_ceil(ROWS_PER_TASK);
+    let width = g * d;
     // tasks of (head, block of rows): a block's rows stay in the core's cache; rows as [g, rows]
     let parts: Vec<Vec<f32>> = (0..h * blocks)
         .into_par_iter()
@@ -233,22 +357,33 @@ pub(crate) fn quadratic_forms<B: Backend>(
             let rows = ROWS_PER_TASK.min(n - first);
             let x = view.rows_from(head, first);
             let mut out = vec![0f32; g * rows];
-            if triangles {
-                for (j, out) in out.chunks_exact_mut(rows).enumerate() {
-                    let form = head * g + j;
-                    let upper = &prepared[form * d * d..][..d * d];
-                    let line = &linear[form * d..][..d];
-                    let done =
-                        symmetric::quadratic_forms(x, view.row_stride, rows, d, upper, line, out);
-                    debug_assert!(done, "supported head dimension, rows inside the view");
+            let side_by_side = match forms {
+                PreparedForms::Upper(upper) => {
+                    for (j, out) in out.chunks_exact_mut(rows).enumerate() {
+                        let form = head * g + j;
+                        let upper = &upper[form * d * d..][..d * d];
+                        let line = &linear[form * d..][..d];
+                        let done = symmetric::quadratic_forms(
+                            x,
+                            view.row_stride,
+                            rows,
+                            d,
+                            upper,
+                            line,
+                            out,
+                        );
+                        debug_assert!(done, "supported head dimension, rows inside the view");
+                    }
+                    return out;
                 }
-                return out;
-            }
+                PreparedForms::SideBySide(forms) => forms,
+            };
             // projected rows start as the linear terms: x·C + l, then dotted with x
             let lines = &linear[head * width..][..width];
             let mut projected: Vec<f32> = lines.repeat(rows);
             // SAFETY: `projected` is rows × g·d, row-major, unaliased; x's rows lie inside the
-            // view (checked), the head's side-by-side forms are d × g·d row-major.
+            // view (checked by the callers), the head's side-by-side forms are d × g·d
+            // row-major.
             unsafe {
                 gemm::gemm(
                     rows,
@@ -261,7 +396,7 @@ pub(crate) fn quadratic_forms<B: Backend>(
                     x.as_ptr(),
                     1,
                     view.row_stride as isize,
-                    prepared[head * d * width..].as_ptr(),
+                    side_by_side[head * d * width..].as_ptr(),
                     1,
                     width as isize,
                     1.0,
@@ -276,19 +411,12 @@ pub(crate) fn quadratic_forms<B: Backend>(
             out
         })
         .collect();
-    Some(assemble(&parts, h, g, n, blocks, &keys.device()))
+    assemble(&parts, h, g, n, blocks)
 }
 
-/// `[1, h, g, n]` from the tasks' parts: part `head·blocks + block` holds `[g, rows]` of rows
+/// `[h, g, n]` from the tasks' parts: part `head·blocks + block` holds `[g, rows]` of rows
 /// `block·ROWS_PER_TASK..`.
-fn assemble<B: Backend>(
-    parts: &[Vec<f32>],
-    h: usize,
-    g: usize,
-    n: usize,
-    blocks: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
+fn assemble(parts: &[Vec<f32>], h: usize, g: usize, n: usize, blocks: usize) -> Vec<f32> {
     let mut out = vec![0f32; h * g * n];
     for (task, part) in parts.iter().enumerate() {
         let (head, block) = (task / blocks, task % blocks);
@@ -297,7 +425,7 @@ fn assemble<B: Backend>(
             out[(head * g + j) * n + block * ROWS_PER_TASK..][..rows].copy_from_slice(values);
         }
     }
-    Tensor::from_data(TensorData::new(out, [1, h, g, n]), device)
+    out
 }
 
 widest_simd! {

@@ -101,8 +101,8 @@ pub(super) fn quadratic_forms(
 mod avx512 {
     use super::LANES;
     use std::arch::x86_64::{
-        __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps,
-        _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        __m512, _MM_HINT_T0, _mm_prefetch, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+        _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
     };
 
     /// Adds `Σₜ xₜ·xₜᵀ` to rows `a0..a0 + R` of `product`, vector blocks `V0..C`.
@@ -167,9 +167,21 @@ mod avx512 {
             for (v, total) in total.iter_mut().enumerate() {
                 *total = _mm512_loadu_ps(sum.add(v * LANES));
             }
+            // each group of product rows fetches its share of the next block's rows, which
+            // arrive while this block is worked on (the queries come from memory, not cache)
+            let groups = C * LANES / R;
+            let fetched_per_group = ROWS_PER_BLOCK.div_ceil(groups);
             for t0 in (0..rows).step_by(ROWS_PER_BLOCK) {
                 let (x, count) = (x.add(t0 * row_stride), ROWS_PER_BLOCK.min(rows - t0));
+                let next = rows.saturating_sub(t0 + ROWS_PER_BLOCK).min(ROWS_PER_BLOCK);
                 for a0 in (0..C * LANES).step_by(R) {
+                    let first = a0 / R * fetched_per_group;
+                    for t in first..(first + fetched_per_group).min(next) {
+                        let row = x.add((ROWS_PER_BLOCK + t) * row_stride);
+                        for line in 0..C {
+                            _mm_prefetch::<_MM_HINT_T0>(row.add(line * LANES) as *const i8);
+                        }
+                    }
                     let p = product;
                     match a0 / LANES {
                         0 => add_outer_products::<C, R, 0>(x, row_stride, count, a0, p),
