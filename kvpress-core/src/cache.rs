@@ -745,20 +745,26 @@ impl<B: Backend> LayerCache<B> {
             });
         }
         let quantized = self.quantized_per_head();
+        // the packed entries come first in the cache: kept ones of both parts, in that order
         let mut from_packed: Vec<Vec<usize>> = Vec::with_capacity(indices.len());
         let mut from_full: Vec<Vec<usize>> = Vec::with_capacity(indices.len());
         for (idx, &q) in indices.iter().zip(&quantized) {
+            if q == 0 {
+                from_packed.push(Vec::new());
+                from_full.push(idx.clone());
+                continue;
+            }
             from_packed.push(idx.iter().copied().filter(|&i| i < q).collect());
             from_full.push(idx.iter().filter(|&&i| i >= q).map(|&i| i - q).collect());
         }
         let pick = |lists: &[Vec<usize>]| -> Vec<Vec<usize>> {
             (0..lists.len())
                 .map(|h| {
-                    let q = quantized[h];
-                    let packed = from_packed[h].iter().map(|&i| lists[h][i]);
-                    packed
-                        .chain(from_full[h].iter().map(|&i| lists[h][q + i]))
-                        .collect()
+                    let (q, list) = (quantized[h], &lists[h]);
+                    let mut picked = Vec::with_capacity(from_packed[h].len() + from_full[h].len());
+                    picked.extend(from_packed[h].iter().map(|&i| list[i]));
+                    picked.extend(from_full[h].iter().map(|&i| list[q + i]));
+                    picked
                 })
                 .collect()
         };

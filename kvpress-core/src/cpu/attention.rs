@@ -20,7 +20,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
 use super::math::{add_softmax, dot, exp, lane_sum};
-use super::{Strided, flash, flex_tensor, strided};
+use super::{LANES, Strided, flash, flex_tensor, strided};
 
 /// Query rows per block (one task): the rows of the AVX-512 kernel's block.
 const QUERY_BLOCK: usize = flash::ROWS;
@@ -298,9 +298,11 @@ impl<'a> Window<'a> {
         })
     }
 
-    /// [`window_mean`]'s `[h_q, n]` means by [`flash::window_mean`], in tasks of as many heads
-    /// of a KV group as fill its 128 lanes (the groups' full blocks first); `None` where that
-    /// kernel does not run.
+    /// [`window_mean`]'s `[h_q, n]` means by [`flash::window_mean`]: a KV group's window rows
+    /// (`group · w` lanes) in equal blocks of at most 128 lanes, whole vectors of 16 but for
+    /// the last (3 heads × 64 rows: two blocks of 96, where blocks of whole heads made one of
+    /// 128 lanes and one of 64, and left a thread waiting); `None` where that kernel does not
+    /// run.
     fn mean_by_flash(&self, heads: usize) -> Option<Vec<f32>> {
         let Self {
             q,
@@ -315,20 +317,27 @@ impl<'a> Window<'a> {
         if !flash::supported(dim) || w == 0 || w > flash::ROWS {
             return None;
         }
-        let per_block = (flash::ROWS / w).clamp(1, group);
-        let blocks = group.div_ceil(per_block);
-        let mut tasks: Vec<(usize, usize)> = (0..heads / group)
-            .flat_map(|kv| (0..blocks).map(move |b| (b, kv)))
+        let lanes = group * w;
+        let blocks = lanes.div_ceil(flash::ROWS);
+        let per_block = lanes
+            .div_ceil(blocks)
+            .next_multiple_of(LANES)
+            .min(flash::ROWS);
+        let blocks = lanes.div_ceil(per_block);
+        let tasks: Vec<(usize, usize)> = (0..heads / group)
+            .flat_map(|kv| (0..blocks).map(move |b| (kv, b)))
             .collect();
-        tasks.sort_unstable();
         let parts: Option<Vec<(usize, Vec<f32>)>> = tasks
             .into_par_iter()
-            .map(|(b, kv)| {
-                let first = kv * group + b * per_block;
-                let last = (first + per_block).min((kv + 1) * group);
+            .map(|(kv, b)| {
+                let first_lane = b * per_block;
                 let block = flash::WindowHeads {
-                    queries: (first..last).map(|h| q.rows_from(h, m - w)).collect(),
+                    queries: (kv * group..(kv + 1) * group)
+                        .map(|h| q.rows_from(h, m - w))
+                        .collect(),
                     q_stride: q.row_stride,
+                    first_lane,
+                    lanes: per_block.min(lanes - first_lane),
                     k: k.rows_from(kv, 0),
                     k_stride: k.row_stride,
                     n,
@@ -336,13 +345,17 @@ impl<'a> Window<'a> {
                     d: dim,
                     scale,
                 };
-                let mut out = vec![0f32; (last - first) * n];
-                flash::window_mean(&block, &mut out).then_some((first, out))
+                let (first, count) = block.heads();
+                let mut out = vec![0f32; count * n];
+                flash::window_mean(&block, &mut out).then_some((kv * group + first, out))
             })
             .collect();
+        // a head split between two blocks: its rows' shares added
         let mut mean = vec![0f32; heads * n];
         for (first, part) in parts? {
-            mean[first * n..][..part.len()].copy_from_slice(&part);
+            for (m, p) in mean[first * n..][..part.len()].iter_mut().zip(&part) {
+                *m += p;
+            }
         }
         Some(mean)
     }

@@ -240,29 +240,32 @@ mod avx512 {
         }
     }
 
-    /// Per head, the mean over its `w` lanes of the softmax down the key rows of `st` (`[n,
-    /// 16·V]` scores, lane `head · w + i` seeing keys `j ≤ n − w + i`; overwritten by
-    /// probabilities): `out[head · n + j]`. Lanes past `heads · w` are ignored.
+    /// Per head of the block, its lanes' share of the mean over the head's `w` rows of the
+    /// softmax down the key rows of `st` (`[n, 16·V]` scores, lane `l` window row `i =
+    /// (first + l) mod w`, seeing keys `j ≤ n − w + i`; overwritten by probabilities):
+    /// `out[head · n + j]`, heads counted from the block's first. Lanes past `count` are
+    /// ignored.
     ///
-    /// SAFETY (caller): AVX-512F; `heads · w ≤ 16·V`.
+    /// SAFETY (caller): AVX-512F; `count ≤ 16·V`, `st` holds `n × 16·V`, `out` a row of `n`
+    /// for every head the lanes touch.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::needless_range_loop)] // maxima and sums indexed with the row's vectors
     pub(super) unsafe fn window_softmax_mean<const V: usize>(
         st: &mut [f32],
-        heads: usize,
+        lanes: &super::Lanes,
         n: usize,
-        w: usize,
         out: &mut [f32],
     ) {
         let width = V * LANES;
-        let lanes = heads * w;
+        let super::Lanes { first, count, w } = *lanes;
         // SAFETY: every pointer below stays inside `st` (n rows of `width`), the intrinsics
         // are AVX-512F.
         unsafe {
             // each lane's window row: key j is hidden from rows i < j + w − n
             let mut row_of_lane = [_mm512_setzero_si512(); V];
             for (v, r) in row_of_lane.iter_mut().enumerate() {
-                let rows: [i32; LANES] = std::array::from_fn(|l| ((v * LANES + l) % w) as i32);
+                let rows: [i32; LANES] =
+                    std::array::from_fn(|l| ((first + v * LANES + l) % w) as i32);
                 *r = _mm512_loadu_si512(rows.as_ptr().cast());
             }
             let hidden = |j: usize, v: usize| -> __mmask16 {
@@ -298,7 +301,7 @@ mod avx512 {
                 let mut sums = [0f32; LANES];
                 _mm512_storeu_ps(sums.as_mut_ptr(), sum[v]);
                 let lane_weights: [f32; LANES] = std::array::from_fn(|l| {
-                    if v * LANES + l < lanes {
+                    if v * LANES + l < count {
                         1.0 / (sums[l] * w as f32)
                     } else {
                         0.0
@@ -306,27 +309,34 @@ mod avx512 {
                 });
                 weights[v] = _mm512_loadu_ps(lane_weights.as_ptr());
             }
+            // the head of each lane vector when heads are whole vectors
+            let whole = w.is_multiple_of(LANES) && first.is_multiple_of(LANES);
+            let heads = (first + count).div_ceil(w);
             let mut weighted = [0f32; ROWS];
             for j in 0..n {
                 let row = base.add(j * width);
-                if w.is_multiple_of(LANES) {
-                    // each head's lanes are whole vectors
-                    let per_head = w / LANES;
-                    for head in 0..heads {
-                        let mut total = _mm512_setzero_ps();
-                        for v in head * per_head..(head + 1) * per_head {
-                            let p = _mm512_loadu_ps(row.add(v * LANES));
-                            total = _mm512_fmadd_ps(p, weights[v], total);
+                if whole {
+                    let mut total = _mm512_setzero_ps();
+                    let mut head = first / w;
+                    for v in 0..count.div_ceil(LANES) {
+                        if (first + v * LANES) / w != head {
+                            out[head * n + j] = _mm512_reduce_add_ps(total);
+                            total = _mm512_setzero_ps();
+                            head = (first + v * LANES) / w;
                         }
-                        out[head * n + j] = _mm512_reduce_add_ps(total);
+                        let p = _mm512_loadu_ps(row.add(v * LANES));
+                        total = _mm512_fmadd_ps(p, weights[v], total);
                     }
+                    out[head * n + j] = _mm512_reduce_add_ps(total);
                 } else {
                     for v in 0..V {
                         let p = _mm512_mul_ps(_mm512_loadu_ps(row.add(v * LANES)), weights[v]);
                         _mm512_storeu_ps(weighted.as_mut_ptr().add(v * LANES), p);
                     }
-                    for head in 0..heads {
-                        out[head * n + j] = weighted[head * w..][..w].iter().sum();
+                    for head in first / w..heads {
+                        let lanes = (head * w).max(first) - first
+                            ..((head + 1) * w).min(first + count) - first;
+                        out[head * n + j] = weighted[lanes].iter().sum();
                     }
                 }
             }
@@ -470,12 +480,27 @@ mod avx512 {
     }
 }
 
-/// The window rows of a few query heads that read the same keys (a KV group's, or part of it).
+/// A block's lanes counted from its first head's first window row: lane `l` is window row
+/// `(first + l) mod w` of the block's head `(first + l) / w`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lanes {
+    pub first: usize,
+    pub count: usize,
+    pub w: usize,
+}
+
+/// A run of the window rows of a KV group's query heads, which read the same keys: lane `L`
+/// of the group is window row `L mod w` of its head `L / w`, and a block takes lanes
+/// `first_lane .. first_lane + lanes` (possibly parts of two heads).
 #[derive(Debug, Clone)]
 pub(super) struct WindowHeads<'a> {
-    /// Per head, window row `i` at `[i · q_stride ..][.. d]` (the last `w` queries).
+    /// Per head of the group, window row `i` at `[i · q_stride ..][.. d]` (the last `w`
+    /// queries).
     pub queries: Vec<&'a [f32]>,
     pub q_stride: usize,
+    /// The block's first lane and its lane count (at most [`ROWS`]).
+    pub first_lane: usize,
+    pub lanes: usize,
     /// Key `j` at `k[j · k_stride ..][.. d]`, `n` keys; window row `i` sees keys `0 ..= n − w + i`.
     pub k: &'a [f32],
     pub k_stride: usize,
@@ -485,17 +510,30 @@ pub(super) struct WindowHeads<'a> {
     pub scale: f32,
 }
 
+impl WindowHeads<'_> {
+    /// The heads the block's lanes belong to: `first .. first + count`.
+    pub(super) fn heads(&self) -> (usize, usize) {
+        let first = self.first_lane / self.w.max(1);
+        let last = (self.first_lane + self.lanes).div_ceil(self.w.max(1));
+        (first, last - first)
+    }
+}
+
 /// Keys up to which [`window_mean`] holds all of a block's scores (`n × 128` floats at most;
 /// beyond, gemm's path holds a few rows' at a time).
 const WINDOW_MAX_KEYS: usize = 1 << 16;
 
-/// Per head, the window's softmax attention averaged over its `w` rows: `out[head · n + j]`;
-/// the heads' rows are the lanes of one block (`heads · w ≤ 128`). False (and `out` untouched)
-/// unless [`supported`], within [`WINDOW_MAX_KEYS`], and every read inside the slices.
+/// Per head of the block, its lanes' share of the window's softmax attention averaged over the
+/// head's `w` rows: `out[(head − first) · n + j]` for the block's heads (`first`, count from
+/// [`WindowHeads::heads`]); a head split between two blocks gets the rest of its mean from the
+/// other. False (and `out` untouched) unless [`supported`], within [`WINDOW_MAX_KEYS`], and
+/// every read inside the slices.
 pub(super) fn window_mean(block: &WindowHeads<'_>, out: &mut [f32]) -> bool {
     let WindowHeads {
         ref queries,
         q_stride,
+        first_lane,
+        lanes,
         k,
         k_stride,
         n,
@@ -503,13 +541,13 @@ pub(super) fn window_mean(block: &WindowHeads<'_>, out: &mut [f32]) -> bool {
         d,
         scale,
     } = *block;
-    let heads = queries.len();
-    let lanes = heads * w;
+    let (first_head, heads) = block.heads();
     if !supported(d)
-        || heads == 0
+        || lanes == 0
         || w == 0
         || w > n
         || lanes > ROWS
+        || first_lane + lanes > queries.len() * w
         || n > WINDOW_MAX_KEYS
         || out.len() != heads * n
         || !rows_fit(k, k_stride, n, d)
@@ -521,24 +559,31 @@ pub(super) fn window_mean(block: &WindowHeads<'_>, out: &mut [f32]) -> bool {
     {
         let vectors = lanes.div_ceil(LANES);
         let width = vectors * LANES;
-        // lane (head, i): window row i of the head, scaled; lanes past them stay 0
+        // lane l: window row (first_lane + l) mod w of its head, scaled; lanes past them stay 0
         let mut qt = vec![0f32; d * width];
-        for (head, rows) in queries.iter().enumerate() {
-            for i in 0..w {
-                for (c, &x) in rows[i * q_stride..][..d].iter().enumerate() {
-                    qt[c * width + head * w + i] = x * scale;
-                }
+        for l in 0..lanes {
+            let (head, i) = ((first_lane + l) / w, (first_lane + l) % w);
+            for (c, &x) in queries[head][i * q_stride..][..d].iter().enumerate() {
+                qt[c * width + l] = x * scale;
             }
         }
-        let mut st = vec![0f32; n * width];
+        // every score is written by `scores` before it is read
+        let mut st: Vec<f32> = Vec::with_capacity(n * width);
         let (kp, qp, sp) = (k.as_ptr(), qt.as_ptr(), st.as_mut_ptr());
+        let lanes_of = Lanes {
+            first: first_lane - first_head * w,
+            count: lanes,
+            w,
+        };
         macro_rules! run {
             ($v:literal) => {
                 // SAFETY: AVX-512F (`supported`); n keys inside `k` (checked), `qt` is
-                // d × width and `st` n × width with width = 16 · vectors; heads · w ≤ width.
+                // d × width and `st` holds n × width, all written by `scores` before
+                // `window_softmax_mean` reads them (then its length is set); lanes ≤ width.
                 unsafe {
                     avx512::scores::<$v>(kp, k_stride, n, d, qp, sp);
-                    avx512::window_softmax_mean::<$v>(&mut st, heads, n, w, out);
+                    st.set_len(n * width);
+                    avx512::window_softmax_mean::<$v>(&mut st, &lanes_of, n, out);
                 }
             };
         }
