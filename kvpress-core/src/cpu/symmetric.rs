@@ -160,39 +160,55 @@ mod avx512 {
         sum: *mut f32,
         product: *mut f32,
     ) {
-        // SAFETY: as the function's contract; `a0 + R ≤ 16·C` since R divides 16, and each
-        // block's rows lie among the `rows`.
+        // SAFETY: as the function's contract; `a0 + group ≤ 16·C` since every group size (R, 4
+        // or 8) divides 16 and a vector block's groups start at its first row, and each
+        // block's rows (and the next block's, fetched) lie among the `rows`.
         unsafe {
             let mut total = [_mm512_setzero_ps(); C];
             for (v, total) in total.iter_mut().enumerate() {
                 *total = _mm512_loadu_ps(sum.add(v * LANES));
             }
-            // each group of product rows fetches its share of the next block's rows, which
-            // arrive while this block is worked on (the queries come from memory, not cache)
-            let groups = C * LANES / R;
-            let fetched_per_group = ROWS_PER_BLOCK.div_ceil(groups);
+            let d = C * LANES;
             for t0 in (0..rows).step_by(ROWS_PER_BLOCK) {
                 let (x, count) = (x.add(t0 * row_stride), ROWS_PER_BLOCK.min(rows - t0));
                 let next = rows.saturating_sub(t0 + ROWS_PER_BLOCK).min(ROWS_PER_BLOCK);
-                for a0 in (0..C * LANES).step_by(R) {
-                    let first = a0 / R * fetched_per_group;
-                    for t in first..(first + fetched_per_group).min(next) {
+                let mut a0 = 0;
+                while a0 < d {
+                    let v0 = a0 / LANES;
+                    let group = group_rows(C, R, v0);
+                    // each group of product rows fetches its share of the next block's rows,
+                    // which arrive while this block is worked on (the queries come from
+                    // memory, not cache)
+                    let fetched = a0 * ROWS_PER_BLOCK / d..(a0 + group) * ROWS_PER_BLOCK / d;
+                    for t in fetched.start..fetched.end.min(next) {
                         let row = x.add((ROWS_PER_BLOCK + t) * row_stride);
                         for line in 0..C {
                             _mm_prefetch::<_MM_HINT_T0>(row.add(line * LANES) as *const i8);
                         }
                     }
                     let p = product;
-                    match a0 / LANES {
-                        0 => add_outer_products::<C, R, 0>(x, row_stride, count, a0, p),
-                        1 => add_outer_products::<C, R, 1>(x, row_stride, count, a0, p),
-                        2 => add_outer_products::<C, R, 2>(x, row_stride, count, a0, p),
-                        3 => add_outer_products::<C, R, 3>(x, row_stride, count, a0, p),
-                        4 => add_outer_products::<C, R, 4>(x, row_stride, count, a0, p),
-                        5 => add_outer_products::<C, R, 5>(x, row_stride, count, a0, p),
-                        6 => add_outer_products::<C, R, 6>(x, row_stride, count, a0, p),
-                        _ => add_outer_products::<C, R, 7>(x, row_stride, count, a0, p),
+                    macro_rules! outer {
+                        ($v0:literal) => {
+                            match group {
+                                g if g == R => {
+                                    add_outer_products::<C, R, $v0>(x, row_stride, count, a0, p)
+                                }
+                                4 => add_outer_products::<C, 4, $v0>(x, row_stride, count, a0, p),
+                                _ => add_outer_products::<C, 8, $v0>(x, row_stride, count, a0, p),
+                            }
+                        };
                     }
+                    match v0 {
+                        0 => outer!(0),
+                        1 => outer!(1),
+                        2 => outer!(2),
+                        3 => outer!(3),
+                        4 => outer!(4),
+                        5 => outer!(5),
+                        6 => outer!(6),
+                        _ => outer!(7),
+                    }
+                    a0 += group;
                 }
                 for t in 0..count {
                     let row = x.add(t * row_stride);
@@ -204,6 +220,21 @@ mod avx512 {
             for (v, total) in total.iter().enumerate() {
                 _mm512_storeu_ps(sum.add(v * LANES), *total);
             }
+        }
+    }
+
+    /// Product rows [`add_moments`] accumulates at once in vector block `v0`: `R`, or more where
+    /// `R` rows of the `C − v0` vectors on and above the diagonal would be fewer than the 8
+    /// independent sums that keep both FMA units busy (their latency is 4 cycles): 4 or 8 rows,
+    /// which divide the block's 16.
+    const fn group_rows(c: usize, r: usize, v0: usize) -> usize {
+        let vectors = c - v0;
+        if r * vectors >= 8 {
+            r
+        } else if vectors >= 2 {
+            4
+        } else {
+            8
         }
     }
 
