@@ -227,45 +227,63 @@ pub fn check_positive(name: &'static str, value: usize) -> Result<()> {
     }
 }
 
+/// The positions [`top_k_per_head`] tells apart: 2³¹ entries per head.
+const POSITION_MASK: u64 = (1 << 31) - 1;
+
 /// Per head, the cache indices of the `k` highest scores, returned in ascending (positional)
 /// order. Entries flagged in `protected` (empty: none) rank above all others; ties go to the
 /// lower index. `scores` is `h_kv` rows of `n`.
 pub fn top_k_per_head(scores: &[Vec<f32>], protected: &[bool], k: usize) -> Vec<Vec<usize>> {
-    scores
+    // the heads by both threads on the flex backend
+    #[cfg(feature = "flex")]
+    {
+        use rayon::prelude::*;
+        scores
+            .par_iter()
+            .map(|row| top_k_of_row(row, protected, k))
+            .collect()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        scores
+            .iter()
+            .map(|row| top_k_of_row(row, protected, k))
+            .collect()
+    }
+}
+
+/// [`top_k_per_head`] for one head.
+fn top_k_of_row(row: &[f32], protected: &[bool], k: usize) -> Vec<usize> {
+    let k = k.min(row.len());
+    let is_forced = |i: usize| protected.get(i).copied().unwrap_or(false);
+    // `ranked`'s order as one integer per entry, descending: the protected flag (bit
+    // 63), the score in an order-preserving encoding (that of `total_cmp`, bits 31–62),
+    // the position reversed (ties to the lower; 31 bits, beyond any cache); the first
+    // k found without sorting the rest (a total order: the same set)
+    let mut keys: Vec<u64> = row
         .iter()
-        .map(|row| {
-            let k = k.min(row.len());
-            let is_forced = |i: usize| protected.get(i).copied().unwrap_or(false);
-            // `ranked`'s order as one integer per entry, descending: the protected flag, the
-            // score in an order-preserving encoding (that of `total_cmp`), the position
-            // reversed (ties to the lower); the first k found without sorting the rest (a
-            // total order: the same set)
-            let mut keys: Vec<u128> = row
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| {
-                    let bits = x.to_bits();
-                    let ordered = if bits >> 31 == 1 {
-                        !bits
-                    } else {
-                        bits | 1 << 31
-                    };
-                    (u128::from(is_forced(i)) << 96)
-                        | (u128::from(ordered) << 64)
-                        | u128::from(u64::MAX - i as u64)
-                })
-                .collect();
-            if k > 0 && k < keys.len() {
-                keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-            }
-            let mut idx: Vec<usize> = keys[..k]
-                .iter()
-                .map(|&key| (u64::MAX - key as u64) as usize)
-                .collect();
-            idx.sort_unstable();
-            idx
+        .enumerate()
+        .map(|(i, &x)| {
+            let bits = x.to_bits();
+            let ordered = if bits >> 31 == 1 {
+                !bits
+            } else {
+                bits | 1 << 31
+            };
+            (u64::from(is_forced(i)) << 63)
+                | (u64::from(ordered) << 31)
+                | (POSITION_MASK - (i as u64 & POSITION_MASK))
         })
-        .collect()
+        .collect();
+    if k > 0 && k < keys.len() {
+        keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+    }
+    let mut idx: Vec<usize> = keys[..k]
+        .iter()
+        .map(|&key| (POSITION_MASK - (key & POSITION_MASK)) as usize)
+        .collect();
+    idx.sort_unstable();
+    idx
 }
 
 /// Indices of `row` from the most to the least worth keeping: flagged entries of `forced`

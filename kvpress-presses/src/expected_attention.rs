@@ -12,8 +12,9 @@
 //!    (covariance term optional), `a = softmax_i(z)`, averaged over the query heads of the group.
 //! 4. With `use_vnorm`: `s_i = (a_i + ε)·‖v_i‖₂`. The `n_sink` first entries are protected.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use kvpress_core::error::{CoreError, Result};
+use kvpress_core::press::to_host;
 use kvpress_core::{LayerInputs, Scorer, activation, moments};
 
 /// The expected-attention scorer (defaults as kvpress).
@@ -78,16 +79,22 @@ impl ExpectedAttention {
         let cov = cov.filter(|_| self.use_covariance);
         let scales = ((d as f32).powf(-0.5), 1.0 / (2 * d) as f32);
         let logits = moments::gaussian_logits(rope, &future, &keys, &mean, cov.as_ref(), scales);
-        let mut scores = activation::grouped_softmax_mean(logits); // [1, h_kv, T]
+        // 4. on the host, where the scores go next: (a + ε)·‖v‖, the sinks at 0
+        let mut attention = to_host(activation::grouped_softmax_mean(logits))?; // [h_kv, T]
         if self.use_vnorm {
-            let norms = moments::row_norms(&values.clone().narrow(2, sink, t));
-            if self.epsilon != 0.0 {
-                scores = scores.add_scalar(self.epsilon);
+            let norms = to_host(moments::row_norms(&values.clone().narrow(2, sink, t)))?;
+            for (a, norm) in attention.iter_mut().zip(norms) {
+                *a = (*a + self.epsilon as f32) * norm;
             }
-            scores = scores * norms;
         }
-        let sinks = Tensor::<B, 3>::zeros([1, h_kv, sink], &device);
-        Ok(Tensor::cat(vec![sinks, scores], 2))
+        let mut scores = vec![0f32; h_kv * n];
+        for (row, a) in scores.chunks_exact_mut(n).zip(attention.chunks_exact(t)) {
+            row[sink..].copy_from_slice(a);
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(scores, [1, h_kv, n]),
+            &device,
+        ))
     }
 }
 
