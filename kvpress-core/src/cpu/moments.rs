@@ -139,27 +139,9 @@ pub(crate) fn gaussian_logits<B: Backend>(
             if !cov_view.covers(h, d, d) {
                 return None;
             }
-            let mut forms = vec![0f32; h * d * d];
-            let forms = if symmetric::supported(d) {
-                // each form's upper triangle straight away (one pass of the threads)
-                forms
-                    .par_chunks_mut(d * d)
-                    .enumerate()
-                    .for_each(|(head, upper)| {
-                        let mut form = vec![0f32; d * d];
-                        paired_congruence(&cov_view, head, diagonal, across, cov_scale, &mut form);
-                        symmetric::upper_form(&form, d, upper);
-                    });
-                PreparedForms::Upper(forms)
-            } else {
-                forms
-                    .par_chunks_mut(d * d)
-                    .enumerate()
-                    .for_each(|(head, form)| {
-                        paired_congruence(&cov_view, head, diagonal, across, cov_scale, form)
-                    });
-                PreparedForms::new(&forms, h_kv, g, d)
-            };
+            let forms = PreparedForms::build(h_kv, g, d, |head, form| {
+                paired_congruence(&cov_view, head, diagonal, across, cov_scale, form)
+            });
             forms_of_rows(&view, h_kv, n, g, &forms, &linear)
         }
         None => {
@@ -292,7 +274,9 @@ pub(crate) fn quadratic_forms<B: Backend>(
         h,
         n,
         g,
-        &PreparedForms::new(&forms, h, g, d),
+        &PreparedForms::build(h, g, d, |j, form| {
+            form.copy_from_slice(&forms[j * d * d..][..d * d])
+        }),
         &linear,
     );
     Some(Tensor::from_data(
@@ -311,16 +295,25 @@ enum PreparedForms {
 }
 
 impl PreparedForms {
-    /// `forms`: `h·g` matrices `d × d`, row-major.
-    fn new(forms: &[f32], h: usize, g: usize, d: usize) -> Self {
+    /// The `h·g` forms, form `j` written by `form(j, out)` (`d × d`, row-major), by the threads;
+    /// each form's upper triangle taken as it is written.
+    fn build(h: usize, g: usize, d: usize, form: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        let mut forms = vec![0f32; h * g * d * d];
         if symmetric::supported(d) {
-            let mut upper = vec![0f32; forms.len()];
-            upper
+            forms
                 .par_chunks_mut(d * d)
-                .zip(forms.par_chunks(d * d))
-                .for_each(|(upper, c)| symmetric::upper_form(c, d, upper));
-            return Self::Upper(upper);
+                .enumerate()
+                .for_each(|(j, upper)| {
+                    let mut full = vec![0f32; d * d];
+                    form(j, &mut full);
+                    symmetric::upper_form(&full, d, upper);
+                });
+            return Self::Upper(forms);
         }
+        forms
+            .par_chunks_mut(d * d)
+            .enumerate()
+            .for_each(|(j, out)| form(j, out));
         let width = g * d;
         let mut side_by_side = vec![0f32; h * d * width];
         for head in 0..h {
